@@ -1,0 +1,66 @@
+"""Choose the store's frame and flow encodings by measurement on the real clips (DESIGN.md "Storage").
+
+Budget at short side 256: <= 25 KB per RGB frame, <= 12 KB per flow frame, >= 500 decoded frames/s on one
+core. Flows are TV-L1 (OpenCV defaults) on a few consecutive pairs per clip.
+
+    python -m bench.bench_store [--pairs 3] [--realdata ../shared/realdata]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data import codec
+from data.video import decode_video
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+def tvl1_pairs(frames: np.ndarray, pairs: int) -> list[np.ndarray]:
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames[: pairs + 1]]
+    return [np.clip(tvl1.calc(a, b, None), -20, 20) for a, b in zip(gray[:-1], gray[1:])]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--realdata", type=Path, default=REALDATA)
+    ap.add_argument("--pairs", type=int, default=3, help="TV-L1 pairs per clip for the flow figures")
+    ap.add_argument("--short-side", type=int, default=256)
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+
+    videos = sorted((args.realdata / "videos").iterdir())
+    frames = [decode_video(v, args.short_side) for v in videos]
+    all_frames = [f for clip in frames for f in clip]
+    flows = [fl for clip in frames for fl in tvl1_pairs(clip, args.pairs)]
+    print(f"{len(videos)} clips, {len(all_frames)} frames, {len(flows)} TV-L1 flows at short side {args.short_side}")
+
+    print("\nRGB frames   encoding   KB/frame   decode frames/s (1 core)   PSNR dB")
+    for enc in codec.FRAME_ENCODINGS:
+        bufs = [codec.encode_frame(f, enc) for f in all_frames]
+        t = time.perf_counter()
+        dec = [codec.decode_frame(b) for b in bufs]
+        rate = len(bufs) / (time.perf_counter() - t)
+        mse = np.mean([np.mean((a.astype(np.float32) - b) ** 2) for a, b in zip(all_frames, dec)])
+        print(f"             {enc:9s}  {np.mean([len(b) for b in bufs]) / 1000:8.1f}   {rate:10.0f}"
+              f"                 {10 * np.log10(255 ** 2 / mse):6.1f}")
+
+    print("\nflow frames  encoding   KB/flow    decode flows/s (1 core)    mean EPE vs float (px)")
+    for enc in codec.FLOW_ENCODINGS:
+        bufs = [codec.encode_flow(f, enc) for f in flows]
+        t = time.perf_counter()
+        dec = [codec.decode_flow(b) for b in bufs]
+        rate = len(bufs) / (time.perf_counter() - t)
+        epe = np.mean([np.linalg.norm(a - b, axis=-1).mean() for a, b in zip(flows, dec)])
+        print(f"             {enc:9s}  {np.mean([len(b) for b in bufs]) / 1000:8.1f}   {rate:10.0f}"
+              f"                 {epe:8.3f}")
+    print(f"\nstore defaults: frames {codec.DEFAULT_FRAME_ENCODING}, flows {codec.DEFAULT_FLOW_ENCODING}")
+
+
+if __name__ == "__main__":
+    main()

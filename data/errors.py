@@ -1,0 +1,13 @@
+"""Errors for bad input: every message names the file and says what is wrong."""
+from __future__ import annotations
+
+import os
+
+
+class BadInputError(ValueError):
+    """An input file that cannot be used (corrupt, empty, unsupported, too large ...)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

@@ -1,0 +1,254 @@
+"""torch Datasets over the HDF5 stores: source training clips, target pace clips, evaluation clips.
+
+Every dataset reads its index (ids, labels, frame counts) through ``data.store.StoreCollection``, which opens
+each file only briefly for that; the HDF5 handles used for reading frames are opened lazily by the process
+that reads (each DataLoader worker opens its own and keeps it), never inherited from the parent.
+
+Randomness is keyed, not streamed: item ``key`` of epoch ``e`` draws from ``np.random.default_rng((seed,
+stream, e, key))``. A clip therefore does not depend on the worker that loads it or on how many workers
+there are, and a resumed run sees exactly the clips of an uninterrupted one. ``EpochSampler`` yields the
+keys (shuffled, repeated past the end when more samples than items are needed, sharded for DDP).
+
+Tensors: RGB 3 x T x H x W and flow 2 x T x H x W, both in [-1, 1] (RGB x / 255 * 2 - 1; flow v / 20, the
+Kinetics I3D input convention).
+
+Deviation from the released code (``datasets_latest.py``): it crops and flips RGB and flow independently and
+does not negate the horizontal flow component when flipping. Here one sample's RGB and flow share the crop
+and the flip, and a flip negates the x component, so the flow keeps describing the frames it comes with.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from data.samplers import pace_indices, training_clip_indices, uniform_indices
+from data.store import StoreCollection
+
+FLOW_BOUND = 20.0
+_SOURCE_STREAM, _TARGET_STREAM = 1, 2
+
+
+def _paths(paths) -> list:
+    if paths is None:
+        return []
+    return [paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__") else list(paths)
+
+
+def rgb_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 3 x T x H x W in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()
+    return x.div_(127.5).sub_(1.0)
+
+
+def flow_to_tensor(flow: np.ndarray) -> torch.Tensor:
+    """float32 (T, H, W, 2) pixels -> float32 2 x T x H x W, clipped to +-20 and divided by 20."""
+    x = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(3, 0, 1, 2)
+    return x.clamp(-FLOW_BOUND, FLOW_BOUND).div_(FLOW_BOUND)
+
+
+def fit_short_side(x: torch.Tensor, size: int, is_flow: bool = False) -> torch.Tensor:
+    """Upscale C x T x H x W bilinearly so that the short side is at least ``size`` (flow vectors scaled)."""
+    h, w = x.shape[-2:]
+    if min(h, w) >= size:
+        return x
+    scale = size / min(h, w)
+    nh, nw = max(size, math.ceil(h * scale)), max(size, math.ceil(w * scale))
+    out = F.interpolate(x.transpose(0, 1), size=(nh, nw), mode="bilinear", align_corners=False).transpose(0, 1)
+    if is_flow:
+        out = out * torch.tensor([nw / w, nh / h]).view(2, 1, 1, 1)
+    return out.contiguous()
+
+
+def crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
+    return x[..., top: top + size, left: left + size]
+
+
+def center_offsets(h: int, w: int, size: int) -> tuple[int, int]:
+    return (h - size) // 2, (w - size) // 2
+
+
+def hflip_clip(rgb: torch.Tensor | None, flow: torch.Tensor | None):
+    """Mirror left-right; a mirrored flow field also has its x component negated."""
+    if rgb is not None:
+        rgb = rgb.flip(-1)
+    if flow is not None:
+        flow = flow.flip(-1)
+        flow = torch.cat([-flow[:1], flow[1:]], dim=0)
+    return rgb, flow
+
+
+def flow_indices(frame_indices: np.ndarray, num_frames: int) -> np.ndarray:
+    """The flow that goes with each frame index: flow t maps frame t to t+1, so the last frame has none and
+    takes the last flow (the released code pads T-1 flows to T by repeating the last one)."""
+    return np.minimum(frame_indices, max(num_frames - 2, 0)).astype(np.int64)
+
+
+class _StoreDataset(Dataset):
+    """Frames from ``frame_paths``, flows from ``flow_paths`` (default: the same files); same item ids."""
+
+    stream = 0
+
+    def __init__(self, frame_paths, flow_paths=None, seed: int = 0):
+        self.frames = StoreCollection(_paths(frame_paths))
+        flow_paths = _paths(flow_paths)
+        self.flows = StoreCollection(flow_paths) if flow_paths else self.frames
+        self.ids = list(self.frames.ids)
+        self.labels = np.asarray(self.frames.labels, np.int64)
+        self._num_frames = np.array([self.frames.num_frames(i) for i in self.ids], np.int64)
+        self.seed, self.epoch = int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before building the epoch's DataLoader iterator (workers copy the dataset then)."""
+        self.epoch = int(epoch)
+
+    def _rng(self, key: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.stream, self.epoch, int(key)))
+
+    def _read(self, index: int, frame_idx: np.ndarray, with_flow: bool):
+        item_id, n = self.ids[index], int(self._num_frames[index])
+        rgb = rgb_to_tensor(self.frames.read_frames(item_id, frame_idx))
+        flow = flow_to_tensor(self.flows.read_flow(item_id, flow_indices(frame_idx, n))) if with_flow else None
+        return rgb, flow
+
+
+class SourceClipDataset(_StoreDataset):
+    """Source training clips: ``num_frames`` consecutive frames of a synthesised source video (random start;
+    the whole 16-frame video by default), random ``crop`` and horizontal flip shared by RGB and flow.
+
+    Items: ``rgb`` 3 x T x S x S, ``flow`` 2 x T x S x S (when ``with_flow``), ``label``, ``index``.
+    """
+
+    stream = _SOURCE_STREAM
+
+    def __init__(self, frame_paths, flow_paths=None, num_frames: int = 16, crop_size: int = 224,
+                 flip: bool = True, with_flow: bool = True, seed: int = 0):
+        super().__init__(frame_paths, flow_paths, seed)
+        self.num_frames, self.crop_size, self.flip, self.with_flow = num_frames, crop_size, flip, with_flow
+
+    def __getitem__(self, key: int) -> dict:
+        index = int(key) % len(self)
+        rng = self._rng(key)
+        idx = training_clip_indices(int(self._num_frames[index]), self.num_frames, rng)
+        rgb, flow = self._read(index, idx, self.with_flow)
+        rgb = fit_short_side(rgb, self.crop_size)
+        h, w = rgb.shape[-2:]
+        top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
+        rgb = crop(rgb, top, left, self.crop_size)
+        if flow is not None:
+            flow = crop(fit_short_side(flow, self.crop_size, is_flow=True), top, left, self.crop_size)
+        if self.flip and rng.random() < 0.5:
+            rgb, flow = hflip_clip(rgb, flow)
+        item = {"rgb": rgb.contiguous(), "label": torch.tensor(self.labels[index]), "index": index}
+        if flow is not None:
+            item["flow"] = flow.contiguous()
+        return item
+
+
+class TargetPaceDataset(_StoreDataset):
+    """Target clips for video pace prediction (Sec. 3.3): pace r uniform in 1..``num_paces``, a random start,
+    ``num_frames`` indices from the looping pace sampler (``data.samplers.pace_indices``), random crop and
+    flip. RGB only. Items: ``rgb``, ``pace_label`` = r - 1, ``index``.
+    """
+
+    stream = _TARGET_STREAM
+
+    def __init__(self, frame_paths, num_frames: int = 16, crop_size: int = 224, num_paces: int = 5,
+                 flip: bool = True, seed: int = 0):
+        super().__init__(frame_paths, None, seed)
+        self.num_frames, self.crop_size, self.num_paces, self.flip = num_frames, crop_size, num_paces, flip
+
+    def __getitem__(self, key: int) -> dict:
+        index = int(key) % len(self)
+        rng = self._rng(key)
+        n = int(self._num_frames[index])
+        pace = int(rng.integers(1, self.num_paces + 1))
+        start = int(rng.integers(0, n))
+        rgb, _ = self._read(index, pace_indices(n, start, pace, self.num_frames), with_flow=False)
+        rgb = fit_short_side(rgb, self.crop_size)
+        h, w = rgb.shape[-2:]
+        top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
+        rgb = crop(rgb, top, left, self.crop_size)
+        if self.flip and rng.random() < 0.5:
+            rgb, _ = hflip_clip(rgb, None)
+        return {"rgb": rgb.contiguous(), "pace_label": torch.tensor(pace - 1), "index": index}
+
+
+class EvalClipDataset(_StoreDataset):
+    """Evaluation / pseudo-labelling clips (DESIGN step 7): ``num_frames`` (32) int64 indices uniform over the
+    whole video, centre crop, RGB and the flows at the same indices (clamped to the last flow).
+
+    Items: ``rgb``, ``flow`` (when ``with_flow``), ``label`` (-1 when unknown), ``index``.
+    """
+
+    def __init__(self, frame_paths, flow_paths=None, num_frames: int = 32, crop_size: int = 224,
+                 with_flow: bool = True):
+        super().__init__(frame_paths, flow_paths, 0)
+        self.num_frames, self.crop_size, self.with_flow = num_frames, crop_size, with_flow
+
+    def frame_indices(self, index: int) -> np.ndarray:
+        return uniform_indices(int(self._num_frames[index]), self.num_frames)
+
+    def _center(self, x: torch.Tensor, is_flow: bool) -> torch.Tensor:
+        x = fit_short_side(x, self.crop_size, is_flow)
+        top, left = center_offsets(*x.shape[-2:], self.crop_size)
+        return crop(x, top, left, self.crop_size).contiguous()
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        rgb, flow = self._read(index, self.frame_indices(index), self.with_flow)
+        item = {"rgb": self._center(rgb, False), "label": torch.tensor(self.labels[index]), "index": index}
+        if flow is not None:
+            item["flow"] = self._center(flow, True)
+        return item
+
+    def bank_flow_clip(self, index: int, num_frames: int) -> torch.Tensor:
+        """The flow clip a bank member contributes: the centre-cropped evaluation flows subsampled to the
+        training clip length (32 -> 16 via every second index, as the released ``CategoryDB``)."""
+        idx = self.frame_indices(index)
+        step = max(1, len(idx) // num_frames)
+        idx = idx[::step][:num_frames]
+        if len(idx) < num_frames:  # fewer evaluation frames than training frames: repeat the last
+            idx = np.concatenate([idx, np.full(num_frames - len(idx), idx[-1])])
+        flow = flow_to_tensor(self.flows.read_flow(self.ids[index], flow_indices(idx, int(self._num_frames[index]))))
+        return self._center(flow, True)
+
+
+class EpochSampler(Sampler):
+    """Keys for one epoch: ``num_samples`` draws made of shuffled passes over ``num_items`` items (key k stands
+    for item k % num_items and seeds that draw), seeded by (seed, epoch), then sharded ``rank::world_size``
+    (padded by wrapping so every rank gets the same count). ``shuffle=False`` keeps the order."""
+
+    def __init__(self, num_items: int, num_samples: int | None = None, seed: int = 0, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        self.num_items, self.seed, self.shuffle = num_items, seed, shuffle
+        self.num_samples = num_items if num_samples is None else num_samples
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def keys(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        keys, passes = [], 0
+        while len(keys) < self.num_samples:
+            order = torch.randperm(self.num_items, generator=g) if self.shuffle else torch.arange(self.num_items)
+            keys.extend((order + passes * self.num_items).tolist())
+            passes += 1
+        keys = keys[: self.num_samples]
+        per_rank = math.ceil(len(keys) / self.world_size)
+        if keys:
+            keys = (keys * math.ceil(per_rank * self.world_size / len(keys)))[: per_rank * self.world_size]
+        return keys[self.rank:: self.world_size]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)

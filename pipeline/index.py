@@ -1,0 +1,93 @@
+"""Index stages: the item lists (ids, paths, labels) of a benchmark's source images and target videos,
+and the generation of the embedded SYN dataset they read from."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import luigi
+
+from data import syn
+from data.benchmarks import get_benchmark, list_source_items, list_target_items
+from data.items import write_items
+from pipeline.base import Stage, write_json_atomic
+from pipeline.settings import benchmark_setting, require_path
+
+
+class GenerateSyn(Stage):
+    """Render the SYN benchmark (stills, ground-truth depth, target videos) from its seed."""
+
+    seed = luigi.IntParameter(default=0, description="SYN's seed (its properties are fixed; see README)")
+    key_params = ("seed",)
+    format_version = syn.SYN_FORMAT_VERSION
+
+    def output(self):
+        return luigi.LocalTarget(str(self.output_dir() / "dataset" / "syn.json"))
+
+    def run(self) -> None:
+        self.set_status_message("rendering SYN")
+        syn.generate_syn(self.output_dir() / "dataset", syn.SynConfig(seed=self.seed))
+
+    def dataset_root(self) -> Path:
+        return self.output_dir() / "dataset"
+
+
+class _Index(Stage):
+    """Shared logic of SourceIndex and TargetIndex."""
+
+    domain = "source"
+
+    def requires(self):
+        if self.benchmark == "SYN":
+            return GenerateSyn(benchmark="SYN", seed=benchmark_setting("SYN", "seed", 0, int))
+        return []
+
+    def dataset_root(self) -> Path:
+        if self.benchmark == "SYN":
+            return self.requires().dataset_root()
+        what = f"the {self.domain} dataset of {self.benchmark}"
+        return require_path(self.benchmark, f"{self.domain}_root", what)
+
+    def key_material(self) -> dict:
+        material = super().key_material()
+        if self.benchmark != "SYN":  # where the data lives decides the item paths
+            material["root"] = benchmark_setting(self.benchmark, f"{self.domain}_root", "")
+            material["split"] = benchmark_setting(self.benchmark, f"{self.domain}_split", "")
+        return material
+
+    def output(self):
+        return luigi.LocalTarget(str(self.output_dir() / "items.json"))
+
+    def run(self) -> None:
+        syn.register()
+        benchmark = get_benchmark(self.benchmark)
+        lister = list_source_items if self.domain == "source" else list_target_items
+        split = benchmark_setting(self.benchmark, f"{self.domain}_split", None)
+        kwargs = {"split": split} if split else {}
+        items, skipped = lister(benchmark, self.dataset_root(), **kwargs)
+        if not items:
+            raise RuntimeError(f"no {self.domain} items found for {self.benchmark} under {self.dataset_root()}; "
+                               f"{len(skipped)} files skipped (see the report) -- check the dataset layout")
+        self.write_params_file()
+        write_json_atomic(self.output_dir() / "report.json", {
+            "stage": self.stage_name, "benchmark": self.benchmark, "root": str(self.dataset_root()),
+            "items": len(items), "skipped": skipped,
+            "per_class": {c: sum(1 for i in items if i.class_name == c) for c in benchmark.classes}})
+        write_items(self.output().path, items, meta={"benchmark": self.benchmark, "domain": self.domain,
+                                                     "root": str(self.dataset_root()),
+                                                     "classes": list(benchmark.classes)})
+
+    def index_file(self) -> Path:
+        return Path(self.output().path)
+
+
+class SourceIndex(_Index):
+    """Labelled still images of the benchmark's source dataset -> items.json."""
+
+    domain = "source"
+
+
+class TargetIndex(_Index):
+    """Videos of the benchmark's target dataset (labels kept for evaluation only) -> items.json."""
+
+    domain = "target"

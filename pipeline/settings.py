@@ -1,0 +1,46 @@
+"""Settings read from luigi.cfg: where things live and per-benchmark presets.
+
+Luigi task parameters cover what identifies an output; everything a user configures per machine
+(dataset roots, weight files, the workdir) or per benchmark (the paper's presets) lives here so that
+luigi.cfg stays the one place to look. Section names: [paths], [benchmark.<NAME>].
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import luigi
+from luigi.configuration import get_config
+
+
+class paths(luigi.Config):
+    """[paths] in luigi.cfg."""
+
+    workdir = luigi.Parameter(default="work", description="root of every stage's outputs")
+
+
+def workdir() -> Path:
+    return Path(os.path.expanduser(paths().workdir)).resolve()
+
+
+def benchmark_setting(benchmark: str, key: str, default=None, cast=str):
+    """Value of `key` in [benchmark.<benchmark>] of luigi.cfg, else `default`. Empty values count as unset."""
+    cfg = get_config()
+    section = f"benchmark.{benchmark}"
+    if cfg.has_option(section, key):
+        raw = cfg.get(section, key).strip()
+        if raw != "":
+            return cast(raw) if cast is not bool else raw.lower() in ("1", "true", "yes", "on")
+    return default
+
+
+def require_path(benchmark: str, key: str, what: str) -> Path:
+    """A configured file or folder that must exist; the error says which config key to set."""
+    value = benchmark_setting(benchmark, key)
+    if not value:
+        raise RuntimeError(f"{what} is not configured: set `{key}` in section [benchmark.{benchmark}] of luigi.cfg "
+                           f"(or LUIGI_CONFIG_PATH)")
+    p = Path(os.path.expanduser(value))
+    if not p.exists():
+        raise RuntimeError(f"{what} not found at {p} (configured as `{key}` in [benchmark.{benchmark}] of luigi.cfg)")
+    return p

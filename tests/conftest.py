@@ -1,0 +1,36 @@
+"""Shared test helpers: where the real third-party data lives, and a rule for when it is missing."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+def require_realdata() -> Path:
+    """../shared/realdata, or skip (fail under CI, where a missing ../shared is a defect)."""
+    if not REALDATA.is_dir():
+        message = f"real test data not found at {REALDATA}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return REALDATA
+
+
+@pytest.fixture
+def realdata() -> Path:
+    return require_realdata()
+
+
+def manifest_frame_counts(realdata: Path) -> dict[str, int]:
+    """file name -> frame count, from the table in realdata/MANIFEST.md."""
+    counts = {}
+    for line in (realdata / "MANIFEST.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\|\s*(\S+\.(?:mp4|avi))\s*\|[^|]*\|\s*(\d+)\s*\|", line)
+        if m:
+            counts[m.group(1)] = int(m.group(2))
+    return counts
