@@ -3,8 +3,8 @@
 A :class:`Benchmark` is data, not code: its class list, the class map that picks each class out of the
 source (image) dataset and the target (video) dataset, the protocol, and where all of it comes from.
 ``E2H``, ``S2U`` and ``B2U`` are defined here; ``SYN`` (the procedurally generated benchmark) is added by
-``data/syn.py`` through :func:`register_benchmark`, and :func:`get_benchmark` imports that module on
-first request, so nothing here depends on it.
+``data/syn.py`` through :func:`register_benchmark`; :func:`get_benchmark` imports that module (and calls
+its ``register()``) on the first request for a name it does not know, so nothing here depends on it.
 
 Sources of the class lists are in ``/work/shared/reference/method_facts.md`` section 1 and are cited in
 each benchmark's ``source_note``:
@@ -61,21 +61,24 @@ class Benchmark:
     """One image-to-video adaptation benchmark.
 
     ``classes`` is the label order; ``source_class_map`` / ``target_class_map`` map each benchmark class
-    (all of them, in label order) to its class name(s) in the source / target dataset, the keys of
-    :data:`data.datasets.ADAPTERS`. ``target_split`` is the unlabeled target training set and
-    ``eval_split`` the set accuracy is measured on (equal for a transductive protocol).
-    ``verified`` is False where the class list is a reconstruction, not taken from a released file.
+    (all of them, in label order) to its class name(s) in the source / target dataset (a key of
+    :data:`data.datasets.ADAPTERS`); left out, each class maps to the folder of the same name.
+    ``target_split`` is the unlabeled target training set and ``eval_split`` the set accuracy is measured
+    on (equal for a transductive protocol). ``verified`` is False where the class list is a
+    reconstruction, not taken from a released file. ``source_subdir`` / ``target_subdir`` name the folder
+    below the configured root that holds a domain (SYN keeps both domains under one root);
+    ``source_depth_subdir`` a folder of ground-truth depth maps laid out like the source images, if any.
     """
 
     name: str
     classes: list[str]
-    source_dataset: str
-    source_class_map: dict[str, list[str]]
-    target_dataset: str
-    target_class_map: dict[str, list[str]]
-    target_protocol: str
-    verified: bool
-    source_note: str
+    source_dataset: str = "folder"
+    source_class_map: dict[str, list[str]] | None = None
+    target_dataset: str = "folder"
+    target_class_map: dict[str, list[str]] | None = None
+    target_protocol: str = ""
+    verified: bool = True
+    source_note: str = ""
     source_split: str = "all"
     target_split: str = "all"
     eval_split: str = "all"
@@ -84,16 +87,22 @@ class Benchmark:
     paper_accuracy: float | None = None  # Table 1 of the paper, mean over 3 runs, %
     expected_source_counts: dict[str, int] | None = None  # per class, where the source lists are public
     expected_target_counts: dict[str, int] | None = None
+    source_subdir: str = ""
+    target_subdir: str = ""
+    source_depth_subdir: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.classes, str) or not self.classes:
+            raise ValueError(f"{self.name}: classes must be a non-empty list of class names")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"{self.name}: duplicate class names")
+        object.__setattr__(self, "classes", list(self.classes))
         for side in ("source_class_map", "target_class_map"):
-            cmap = normalize_class_map(getattr(self, side))  # also rejects a dataset class used twice
-            if list(cmap) != list(self.classes):
+            given = getattr(self, side)
+            cmap = normalize_class_map(given if given is not None else self.classes)  # rejects reused names
+            if list(cmap) != self.classes:
                 raise ValueError(f"{self.name}: {side} must list every class, in label order")
             object.__setattr__(self, side, {k: list(v) for k, v in cmap.items()})
-        object.__setattr__(self, "classes", list(self.classes))
 
     @property
     def num_classes(self) -> int:
@@ -233,15 +242,24 @@ def register_benchmark(benchmark: Benchmark, replace: bool = False) -> Benchmark
     return benchmark
 
 
+_PLUGINS_MISSING: set[str] = set()
+
+
 def _load_plugins() -> None:
-    for module in PLUGIN_MODULES:
-        if module in sys.modules:
+    """Import the plugin modules (once) and call their ``register()``, which must be idempotent."""
+    for name in PLUGIN_MODULES:
+        if name in _PLUGINS_MISSING:
             continue
         try:
-            importlib.import_module(module)
+            module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != module:  # the plugin exists but is broken: say so
+            if exc.name != name:  # the plugin exists but is broken: say so
                 raise
+            _PLUGINS_MISSING.add(name)
+            continue
+        register = getattr(module, "register", None)
+        if callable(register):
+            register()
 
 
 def _lookup(name: str) -> Benchmark | None:
@@ -278,7 +296,9 @@ def list_source_items(benchmark: Benchmark | str, root: str | os.PathLike, split
     """The source images of ``benchmark`` under ``root``, labelled in the benchmark's order.
     ``split`` defaults to ``benchmark.source_split``; ``options`` go to the dataset adapter."""
     b = _as_benchmark(benchmark)
-    return list_dataset(b.source_dataset, root, class_map=b.source_class_map,
+    if b.source_dataset == "folder":
+        options.setdefault("media", "image")
+    return list_dataset(b.source_dataset, os.path.join(root, b.source_subdir), class_map=b.source_class_map,
                         split=b.source_split if split is None else split, **options)
 
 
@@ -288,7 +308,9 @@ def list_target_items(benchmark: Benchmark | str, root: str | os.PathLike, split
     evaluation only). ``split`` defaults to ``benchmark.target_split``; pass ``benchmark.eval_split`` for
     the evaluation set."""
     b = _as_benchmark(benchmark)
-    return list_dataset(b.target_dataset, root, class_map=b.target_class_map,
+    if b.target_dataset == "folder":
+        options.setdefault("media", "video")
+    return list_dataset(b.target_dataset, os.path.join(root, b.target_subdir), class_map=b.target_class_map,
                         split=b.target_split if split is None else split, **options)
 
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from data.items import Item, sorted_items

@@ -282,17 +282,38 @@ def limit_threads(backend: str = "opencv") -> None:
             pass
 
 
-def _portable(exc: BaseException) -> BaseException:
-    """The exception with the worker's traceback as a note, made safe to send between processes."""
+def _rebuild_exception(cls, args, state):
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class _ExceptionState:
+    """Sends an exception whose class cannot be rebuilt from its args (e.g. one whose __init__ takes
+    (path, reason) but stores a formatted message) as class + args + attributes."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __reduce__(self):
+        return _rebuild_exception, (type(self.exc), self.exc.args, vars(self.exc))
+
+
+def _portable(exc: BaseException):
+    """The exception, with the worker's traceback as a note, in a form that survives pickling; the
+    parent receives an instance of the same class where at all possible."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        exc.add_note(f"in flow worker pid {os.getpid()}:\n{tb}")
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # unpicklable exception type or arguments
-        out = RuntimeError(f"{type(exc).__name__}: {exc}")
-        out.add_note(f"in flow worker pid {os.getpid()}:\n{tb}")
-        return out
+    exc.add_note(f"(raised in flow worker pid {os.getpid()})\n{tb}")
+    for candidate in (exc, _ExceptionState(exc)):
+        try:
+            pickle.loads(pickle.dumps(candidate))
+            return candidate
+        except Exception:  # noqa: BLE001  (unpicklable class, arguments or attributes)
+            continue
+    out = RuntimeError(f"{type(exc).__name__}: {exc}")
+    out.add_note(f"(raised in flow worker pid {os.getpid()})\n{tb}")
+    return out
 
 
 def _run_job(job, params, backend, tvl1, device) -> np.ndarray:
@@ -362,7 +383,9 @@ def map_video_flows(jobs: Iterable[tuple[Any, Any]], workers: int | None = None,
     worker dies yields FlowWorkerError and a fresh worker takes its place; the other items go on.
 
     start_method "spawn" (default) is safe whatever the caller holds (threads, CUDA, a Luigi task
-    process); "fork" starts faster and also accepts callables that are not importable by name.
+    process) and costs well under a second per worker; "fork" starts faster. Either way jobs travel
+    pickled, so a loader must be importable by name (a module-level function or a partial of one,
+    not a lambda); an unpicklable job yields its pickling error.
     """
     _check_backend(backend)
     params = resolve_tvl1_params(params)

@@ -206,8 +206,9 @@ def _pose(cls: str, phase: float, p: dict) -> dict:
         return {"lean": 0.0, "sh_n": n["sh"], "el_n": n["el"], "sh_f": f["sh"], "el_f": f["el"],
                 "hip_n": p["stance"], "kn_n": 0.0, "hip_f": p["stance"], "kn_f": 0.0, "lift": 0.0}
     if cls == "clap":
-        w = p["apart"] * (1.0 - c) / 2.0  # 0 = hands together, 1 = apart
-        sh, el = 30.0 + 25.0 * w, -115.0 + 75.0 * w
+        # Elbows out, forearms in front of the chest: hands together (w = 0) or a chest-width apart.
+        w = p["apart"] * (1.0 - c) / 2.0
+        sh, el = 35.0 + 45.0 * w, -130.0 + 15.0 * w
         return {"lean": 0.0, "sh_n": sh, "el_n": el, "sh_f": sh, "el_f": el,
                 "hip_n": p["stance"], "kn_n": 0.0, "hip_f": p["stance"], "kn_f": 0.0, "lift": 0.0}
     if cls == "jump":
@@ -286,7 +287,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple
     return out.reshape(shape[0], shape[1], channels)
 
 
-def _scene(rng: np.random.Generator, domain: int, H: int, W: int, margin: int) -> dict:
+def _scene(rng: np.random.Generator, kind: str, H: int, W: int, margin: int) -> dict:
     """The static background: colour (supersampled, with a camera-shake margin) and inverse depth.
 
     Geometry (both domains): a back wall (inverse depth 0.15-0.3, slightly tilted left-right) meeting a
@@ -304,7 +305,7 @@ def _scene(rng: np.random.Generator, domain: int, H: int, W: int, margin: int) -
     disp = np.where(Y < horizon, wall, wall + floor_gain * below).astype(np.float32)
     is_floor = (Y >= horizon)[..., None]
 
-    if domain == _SOURCE:
+    if kind == "indoor":
         # Indoor, warm, smooth: pastel wall with soft blotches, wooden floor with perspective planks.
         wall_rgb = _hsv(_u(rng, 15, 50), _u(rng, 0.15, 0.45), _u(rng, 0.72, 0.92))
         floor_rgb = _hsv(_u(rng, 10, 32), _u(rng, 0.35, 0.6), _u(rng, 0.4, 0.65))
@@ -326,21 +327,21 @@ def _scene(rng: np.random.Generator, domain: int, H: int, W: int, margin: int) -
         fine = rng.uniform(-1, 1, (H + 2 * margin // _SS + 2, W + 2 * margin // _SS + 2, 1)).astype(np.float32)
         fine = cv2.resize(fine, (Ws, Hs), interpolation=cv2.INTER_LINEAR)[..., None]
         blobs = _smooth_noise(rng, (Hs, Ws), (12, 12), 1)
-        img = np.where(is_floor, ground_rgb, top_rgb) * (1.0 + 0.16 * fine + 0.12 * blobs)
+        img = np.where(is_floor, ground_rgb, top_rgb) * (1.0 + 0.10 * fine + 0.08 * blobs)
         if rng.random() < 0.5:  # fence / bricks: vertical stripes on the upper part
             period = _u(rng, 3.0, 6.0) / W
             stripes = 0.5 + 0.5 * np.cos(2 * np.pi * X / period + _u(rng, 0, 2 * np.pi))
-            img = np.where(is_floor, img, img * (1.0 - 0.14 * stripes[..., None]))
+            img = np.where(is_floor, img, img * (1.0 - 0.10 * stripes[..., None]))
     gradient = 1.0 + _u(rng, -0.15, 0.15) * (Y - 0.5)
     img = np.clip(img * gradient[..., None], 0.0, 1.0).astype(np.float32)
     return {"rgb": img, "disp": disp, "horizon": horizon, "wall_disp": wall_disp,
             "floor_gain": floor_gain, "tilt": tilt}
 
 
-def _figure_colors(rng: np.random.Generator, domain: int, scene_rgb: np.ndarray) -> dict:
+def _figure_colors(rng: np.random.Generator, kind: str, scene_rgb: np.ndarray) -> dict:
     skin = [(0.96, 0.8, 0.69), (0.87, 0.67, 0.5), (0.66, 0.46, 0.32), (0.42, 0.28, 0.2)]
     skin_rgb = np.array(skin[int(rng.integers(0, len(skin)))], np.float32) * _u(rng, 0.92, 1.05)
-    if domain == _SOURCE:
+    if kind == "saturated":
         shirt = _hsv(_u(rng, 0, 360), _u(rng, 0.6, 0.95), _u(rng, 0.45, 0.85))
         pants = _hsv(_u(rng, 0, 360), _u(rng, 0.1, 0.5), _u(rng, 0.15, 0.4))
     else:
@@ -353,6 +354,16 @@ def _figure_colors(rng: np.random.Generator, domain: int, scene_rgb: np.ndarray)
         shirt = _hsv(_u(rng, 0, 360), _u(rng, 0.2, 0.5), v_shirt)
         pants = _hsv(_u(rng, 0, 360), _u(rng, 0.1, 0.35), v_pants)
     return {"skin": np.clip(skin_rgb, 0, 1), "shirt": shirt, "pants": pants}
+
+
+# The two domains' looks. Camera: per-channel colour cast (gain 1 +- cast), contrast, gamma, Gaussian
+# blur sigma (output pixels) and per-frame Gaussian noise sigma (grey levels), each drawn per video.
+_STYLES = {
+    _SOURCE: {"scene": "indoor", "clothing": "saturated", "figure_height": (0.6, 0.78), "camera": None},
+    _TARGET: {"scene": "outdoor", "clothing": "muted", "figure_height": (0.52, 0.7),
+              "camera": {"cast": 0.15, "contrast": (0.75, 0.95), "gamma": (0.8, 1.25), "blur": (0.4, 0.8),
+                         "noise": (2.0, 5.0)}},
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -432,24 +443,25 @@ class _Item:
     """Everything random about one still or video, drawn from its own stream (seed, domain, class,
     index): adding items or classes never changes the existing ones."""
 
-    def __init__(self, config: SynConfig, domain: int, cls_index: int, index: int):
+    def __init__(self, config: SynConfig, domain: int, cls_index: int, index: int, style: dict | None = None):
         cls = SYN_CLASSES[cls_index]
         self.cls, self.domain, self.config = cls, domain, config
+        self.style = style = style or _STYLES[domain]
         rng = np.random.default_rng([config.seed, domain, cls_index, index, SYN_FORMAT_VERSION])
         self.rng = rng
         H, W = config.height, config.width
         self.margin = _MARGIN if domain == _TARGET else 0
-        self.scene = _scene(rng, domain, H, W, self.margin)
-        self.colors = _figure_colors(rng, domain, self.scene["rgb"])
+        self.scene = _scene(rng, style["scene"], H, W, self.margin)
+        self.colors = _figure_colors(rng, style["clothing"], self.scene["rgb"])
         self.body = _sample_body(rng)
         self.params = _class_params(cls, rng)
         self.view = CLASS_SPECS[cls]["view"]
         self.facing = 1 if rng.random() < 0.5 else -1
-        height_frac = (0.5, 0.64) if domain == _SOURCE else (0.42, 0.56)  # target actors are smaller
-        self.scale = _u(rng, *height_frac) * H * _SS  # standing height in supersampled pixels
+        self.scale = _u(rng, *style["figure_height"]) * H * _SS  # standing height in supersampled pixels
         self.ground = _u(rng, 0.82, 0.95)  # feet row, fraction of the frame height
         self.anchor = _u(rng, 0.3, 0.7)  # horizontal position, fraction of the frame width
         self.phase0 = _u(rng, 0.0, 2 * math.pi)
+        self._bg_cache: dict = {}
         s = self.scene
         # The figure stands on the floor: its inverse depth is the floor's just in front of its feet, plus a
         # margin, so every figure pixel is nearer than the wall or floor it hides.
@@ -457,38 +469,63 @@ class _Item:
         below = (front - s["horizon"]) / (1.0 - s["horizon"])
         self.disp = s["wall_disp"] + abs(s["tilt"]) * 0.5 + s["floor_gain"] * below + _u(rng, 0.04, 0.08)
 
-    def joints_at(self, phase: float, x: float, shake=(0.0, 0.0)) -> tuple[dict, dict]:
+    def joints_at(self, phase: float, x: float, shake=(0, 0)) -> tuple[dict, dict]:
+        """Joints in supersampled frame pixels at `phase`, horizontal position `x` (fraction of the width),
+        with the camera displaced by `shake` supersampled pixels."""
         pose = _pose(self.cls, phase, self.params)
         joints = _skeleton(pose, self.body, self.view, self.facing)
         H, W = self.config.height, self.config.width
-        placed = _place(joints, self.scale, x * W * _SS + self.margin - shake[0],
-                        self.ground * H * _SS + self.margin - shake[1], pose["lift"], self.cls in ("walk", "run"))
+        placed = _place(joints, self.scale, x * W * _SS - shake[0], self.ground * H * _SS - shake[1],
+                        pose["lift"], self.cls in ("walk", "run"))
         return placed, pose
 
+    def _background(self, shake) -> tuple[np.ndarray, np.ndarray | None]:
+        key = (int(shake[0]), int(shake[1]))
+        if key not in self._bg_cache:
+            H, W, m = self.config.height, self.config.width, self.margin
+            oy, ox = m + key[1], m + key[0]
+            crop = (slice(oy, oy + H * _SS), slice(ox, ox + W * _SS))
+            self._bg_cache[key] = (
+                cv2.resize(self.scene["rgb"][crop], (W, H), interpolation=cv2.INTER_AREA),
+                cv2.resize(self.scene["disp"][crop], (W, H), interpolation=cv2.INTER_AREA))
+        return self._bg_cache[key]
+
     def render(self, phase: float, x: float, shake=(0, 0), with_depth: bool = False):
-        """One frame: RGB float 0..1, mask (coverage 0..1), inverse depth (or None), at output size."""
+        """One frame: RGB float 0..1, figure coverage 0..1 and inverse depth (or None), at output size.
+
+        The figure is drawn only inside its bounding box (snapped to whole output pixels), supersampled,
+        then area-averaged and composited over the background."""
         H, W = self.config.height, self.config.width
-        Hs, Ws = H * _SS, W * _SS
-        m = self.margin
-        oy, ox = m + int(shake[1]), m + int(shake[0])
-        bg = self.scene["rgb"][oy:oy + Hs, ox:ox + Ws]
-        fig = np.zeros((Hs, Ws, 3), np.float32)
-        mask = np.zeros((Hs, Ws), np.float32)
-        fig_disp = np.zeros((Hs, Ws), np.float32) if with_depth else None
-        joints, _ = self.joints_at(phase, x, (shake[0], shake[1]))
-        joints = {k: v - np.array([m, m]) for k, v in joints.items()}
+        joints, _ = self.joints_at(phase, x, shake)
+        pts = np.array(list(joints.values()))
+        pad = (self.body["head_r"] + self.body["limb_w"]) * self.scale + 2
+        x0 = max(0, int((pts[:, 0].min() - pad) // _SS))
+        y0 = max(0, int((pts[:, 1].min() - pad) // _SS))
+        x1 = min(W, int((pts[:, 0].max() + pad) // _SS) + 1)
+        y1 = min(H, int((pts[:, 1].max() + pad) // _SS) + 1)
+        bg, bg_disp = self._background(shake)
+        rgb = bg.copy()
+        alpha_full = np.zeros((H, W), np.float32)
+        depth = bg_disp.copy() if with_depth else None
+        if x1 <= x0 or y1 <= y0:  # the figure is outside the frame
+            return rgb, alpha_full, depth
+        h, w = (y1 - y0) * _SS, (x1 - x0) * _SS
+        origin = np.array([x0 * _SS, y0 * _SS], np.float64)
+        joints = {k: v - origin for k, v in joints.items()}
+        fig = np.zeros((h, w, 3), np.float32)
+        mask = np.zeros((h, w), np.float32)
+        fig_disp = np.zeros((h, w), np.float32) if with_depth else None
         _draw_figure(fig, fig_disp, mask, joints, self.body, self.colors, self.view, self.scale, self.disp)
-        size = (W, H)
-        alpha = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)[..., None]
-        fig_lr = cv2.resize(fig * mask[..., None], size, interpolation=cv2.INTER_AREA)
-        bg_lr = cv2.resize(bg, size, interpolation=cv2.INTER_AREA)
-        rgb = bg_lr * (1.0 - alpha) + fig_lr
-        depth = None
+        size = (x1 - x0, y1 - y0)
+        alpha = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)
+        fig_lr = cv2.resize(fig * mask[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], 3)
+        region = (slice(y0, y1), slice(x0, x1))
+        rgb[region] = rgb[region] * (1.0 - alpha[..., None]) + fig_lr
+        alpha_full[region] = alpha
         if with_depth:
-            bg_disp = cv2.resize(self.scene["disp"][oy:oy + Hs, ox:ox + Ws], size, interpolation=cv2.INTER_AREA)
             fd = cv2.resize(fig_disp * mask, size, interpolation=cv2.INTER_AREA)
-            depth = bg_disp * (1.0 - alpha[..., 0]) + fd
-        return rgb, alpha[..., 0], depth
+            depth[region] = depth[region] * (1.0 - alpha) + fd
+        return rgb, alpha_full, depth
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -499,14 +536,16 @@ def render_still(config: SynConfig, cls_index: int, index: int) -> dict:
     """Source still number `index` of class `cls_index`: a snapshot at a random phase of the action.
 
     Returns {"rgb": uint8 HxWx3, "inverse_depth": float32 HxW (larger = nearer, not normalised),
-    "mask": float32 HxW figure coverage 0..1, "pose": the pose angles, "params": the class parameters}.
+    "background_inverse_depth": the same without the figure, "mask": float32 HxW figure coverage 0..1,
+    "pose": the pose angles, "params": the class parameters, "facing": +1 right / -1 left (side views)}.
     """
     item = _Item(config, _SOURCE, cls_index, index)
     x = item.anchor
     rgb, alpha, depth = item.render(item.phase0, x, with_depth=True)
     _, pose = item.joints_at(item.phase0, x)
-    return {"rgb": _to_uint8(rgb), "inverse_depth": depth.astype(np.float32), "mask": alpha,
-            "pose": pose, "params": item.params}
+    return {"rgb": _to_uint8(rgb), "inverse_depth": depth.astype(np.float32),
+            "background_inverse_depth": item._background((0, 0))[1].astype(np.float32), "mask": alpha,
+            "pose": pose, "params": item.params, "facing": item.facing}
 
 
 def _normalise_inverse_depth(inv: np.ndarray) -> np.ndarray:
@@ -517,12 +556,14 @@ def _normalise_inverse_depth(inv: np.ndarray) -> np.ndarray:
     return np.round((inv - lo) / (hi - lo) * 65535.0).astype(np.uint16)
 
 
-def render_target_video(config: SynConfig, cls_index: int, index: int) -> dict:
+def render_target_video(config: SynConfig, cls_index: int, index: int, _style: dict | None = None) -> dict:
     """Target video number `index` of class `cls_index` before encoding.
 
     Returns {"frames": uint8 TxHxWx3 RGB, "masks": float32 TxHxW figure coverage, "params": ...}.
+    (`_style` replaces the target style, for studying the domain shift; SYN itself never uses it.)
     """
-    item = _Item(config, _TARGET, cls_index, index)
+    item = _Item(config, _TARGET, cls_index, index, _style)
+    cam = item.style["camera"]
     rng = item.rng
     H, W, T = config.height, config.width, config.frames_per_video
     p = item.params
@@ -538,9 +579,9 @@ def render_target_video(config: SynConfig, cls_index: int, index: int) -> dict:
     shake = np.cumsum(rng.normal(0.0, 0.8, (T, 2)), axis=0)
     shake = np.clip(np.round(shake - shake.mean(axis=0)), -_MARGIN + 2, _MARGIN - 2)
     # Camera: colour cast, contrast, gamma, blur, sensor noise (then JPEG when written).
-    gains = np.array([_u(rng, 0.85, 1.15) for _ in range(3)], np.float32)
-    contrast, gamma = _u(rng, 0.7, 0.9), _u(rng, 0.8, 1.25)
-    sigma_blur, sigma_noise = _u(rng, 0.5, 0.9), _u(rng, 3.0, 6.0) / 255.0
+    gains = np.array([_u(rng, 1 - cam["cast"], 1 + cam["cast"]) for _ in range(3)], np.float32)
+    contrast, gamma = _u(rng, *cam["contrast"]), _u(rng, *cam["gamma"])
+    sigma_blur, sigma_noise = _u(rng, *cam["blur"]), _u(rng, *cam["noise"]) / 255.0
     frames = np.empty((T, H, W, 3), np.uint8)
     masks = np.empty((T, H, W), np.float32)
     for t in range(T):
@@ -548,7 +589,8 @@ def render_target_video(config: SynConfig, cls_index: int, index: int) -> dict:
         rgb, alpha, _ = item.render(phase, float(xs[t]), (float(shake[t, 0]), float(shake[t, 1])))
         rgb = np.clip(rgb * gains, 0, 1) ** gamma
         rgb = (rgb - 0.5) * contrast + 0.5
-        rgb = cv2.GaussianBlur(rgb, (0, 0), sigma_blur)
+        if sigma_blur > 0:
+            rgb = cv2.GaussianBlur(rgb, (0, 0), sigma_blur)
         rgb = rgb + rng.normal(0.0, sigma_noise, rgb.shape).astype(np.float32)
         frames[t] = _to_uint8(rgb)
         masks[t] = alpha

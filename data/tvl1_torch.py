@@ -33,8 +33,8 @@ arithmetic; see ``tests/test_tvl1_torch.py`` for the agreement with OpenCV.
 
 from __future__ import annotations
 
-import math
-from typing import Iterable, Sequence
+import os
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -202,16 +202,44 @@ def remap_bicubic(imgs: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(imgs, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
+# Median of 25 as a selection network: Batcher's odd-even merge sort for 25 inputs, pruned to the
+# comparators that reach output 12 (checked exhaustively with the 0-1 principle). Entries are
+# (a, b, keep): min goes to a, max to b; keep 3 = both needed, 1 = only the min, 2 = only the max.
+_MEDIAN25_NETWORK = (
+    (0, 1, 3), (2, 3, 3), (4, 5, 3), (6, 7, 3), (8, 9, 3), (10, 11, 3), (12, 13, 3), (14, 15, 3), (16,
+    17, 3), (18, 19, 3), (20, 21, 3), (22, 23, 3), (0, 2, 3), (1, 3, 3), (4, 6, 3), (5, 7, 3), (8, 10,
+    3), (9, 11, 3), (12, 14, 3), (13, 15, 3), (16, 18, 3), (17, 19, 3), (20, 22, 3), (21, 23, 3), (1, 2,
+    3), (5, 6, 3), (9, 10, 3), (13, 14, 3), (17, 18, 3), (21, 22, 3), (0, 4, 3), (1, 5, 3), (2, 6, 3),
+    (3, 7, 3), (8, 12, 3), (9, 13, 3), (10, 14, 3), (11, 15, 3), (16, 20, 3), (17, 21, 3), (18, 22, 3),
+    (19, 23, 3), (2, 4, 3), (3, 5, 3), (10, 12, 3), (11, 13, 3), (18, 20, 3), (19, 21, 3), (1, 2, 3),
+    (3, 4, 3), (5, 6, 3), (9, 10, 3), (11, 12, 3), (13, 14, 3), (17, 18, 3), (19, 20, 3), (21, 22, 3),
+    (0, 8, 3), (1, 9, 3), (2, 10, 3), (3, 11, 3), (4, 12, 3), (5, 13, 3), (6, 14, 3), (7, 15, 1), (16,
+    24, 3), (4, 8, 3), (5, 9, 3), (6, 10, 3), (7, 11, 3), (20, 24, 3), (2, 4, 3), (3, 5, 3), (6, 8, 3),
+    (7, 9, 3), (10, 12, 3), (11, 13, 3), (18, 20, 3), (19, 21, 3), (22, 24, 3), (1, 2, 3), (3, 4, 3),
+    (5, 6, 3), (7, 8, 3), (9, 10, 3), (11, 12, 3), (13, 14, 1), (17, 18, 3), (19, 20, 3), (21, 22, 3),
+    (23, 24, 3), (0, 16, 2), (1, 17, 2), (2, 18, 2), (3, 19, 2), (4, 20, 2), (5, 21, 2), (6, 22, 1), (7,
+    23, 1), (8, 24, 1), (8, 16, 2), (9, 17, 2), (10, 18, 1), (11, 19, 1), (12, 20, 1), (13, 21, 1), (6,
+    10, 2), (7, 11, 2), (12, 16, 1), (13, 17, 1), (10, 12, 2), (11, 13, 1), (11, 12, 2),
+)
+
+
 def median5(u: torch.Tensor) -> torch.Tensor:
-    """5x5 median filter with replicated border (cv::medianBlur(ksize=5) on float), (B,C,H,W)."""
-    b, c, h, w = u.shape
-    p = F.pad(u, (2, 2, 2, 2), mode="replicate")
-    win = p.unfold(2, 5, 1).unfold(3, 5, 1).reshape(b, c, h, w, 25)
-    return win.median(dim=-1).values
+    """5x5 median filter with replicated border (cv::medianBlur(ksize=5) on float), (..., H, W)."""
+    h, w = u.shape[-2:]
+    lead = u.shape[:-2]
+    p = F.pad(u.reshape(-1, 1, h, w), (2, 2, 2, 2), mode="replicate").reshape(*lead, h + 4, w + 4)
+    v = [p[..., dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)]
+    for a, b, keep in _MEDIAN25_NETWORK:
+        lo = torch.minimum(v[a], v[b]) if keep & 1 else None
+        if keep & 2:
+            v[b] = torch.maximum(v[a], v[b])
+        if lo is not None:
+            v[a] = lo
+    return v[12]
 
 
 # --------------------------------------------------------------------------------------------------
-# the solver (plain PyTorch ops; the CUDA fast path lives in _tvl1_triton)
+# one pyramid level (OpenCV's procOneScale) with plain PyTorch ops
 
 
 def _forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,25 +254,34 @@ def _divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
     return px - F.pad(px[..., :-1], (1, 0)) + py - F.pad(py[..., :-1, :], (0, 0, 1, 0))
 
 
-class _WarpState:
-    """Per-warp constants of the compacted (still iterating) part of a batch."""
+def _warp_constants(i0, i1_stack, u):
+    """Bicubic warp of I1, I1x, I1y by u and the per-warp constants (OpenCV's calcGradRho).
 
-    def __init__(self, iw: torch.Tensor, rho_c: torch.Tensor, inv_grad: torch.Tensor):
-        self.iw = iw  # (b, C, H, W): I1wx, I1wy (and gamma for u3)
-        self.rho_c = rho_c  # (b, 1, H, W)
-        self.inv_grad = inv_grad  # (b, 1, H, W): 1/|grad I1w|^2, "infinite" where it vanishes
+    Returns iw (B,2,H,W) = (I1wx, I1wy), rho_c (B,H,W) = I1w - I1w_grad . u0 - I0, and inv_grad
+    (B,H,W) = 1/|grad I1w|^2 (1e30 where it is below FLT_EPSILON: OpenCV's thresholding then
+    takes a full +-lambda*theta step along a vanishing gradient, which this reproduces).
+    """
+    warped = remap_bicubic(i1_stack, u[:, :2])
+    iw = warped[:, 1:3].contiguous()
+    grad = iw.square().sum(1)
+    rho_c = warped[:, 0] - (iw * u[:, :2]).sum(1) - i0
+    inv_grad = torch.where(grad > _FLT_EPSILON, 1.0 / grad, torch.full_like(grad, 1e30))
+    return iw, rho_c, inv_grad
 
-    def select(self, keep: torch.Tensor) -> "_WarpState":
-        return _WarpState(self.iw[keep], self.rho_c[keep], self.inv_grad[keep])
 
+def _primal_dual_step(u, p, iw, rho_c, inv_grad, prm):
+    """One inner iteration on the working batch: returns new u, new p and per-pair sum (du)^2.
 
-def _primal_dual_step(u, p, ws: _WarpState, l_t: float, theta: float, taut: float):
-    """One inner iteration on the working batch: returns new u, new p and per-pair sum (du)^2."""
-    rho = ws.rho_c + (ws.iw * u).sum(1, keepdim=True)
+    u (b,C,H,W); p (b,2,C,H,W) holds (p_x, p_y) of each flow channel; C = 3 when gamma != 0.
+    """
+    l_t, theta, taut, gamma = prm["l_t"], prm["theta"], prm["taut"], prm["gamma"]
+    rho = rho_c + (iw * u[:, :2]).sum(1)
+    if u.shape[1] == 3:
+        rho = rho + gamma * u[:, 2]
     # thresholding TH: the step along grad I1w is -rho/|grad|^2 limited to +-lambda*theta
-    coef = (-rho * ws.inv_grad).clamp_(-l_t, l_t)
-    u_new = torch.addcmul(u, coef, ws.iw)  # v
-    u_new.add_(_divergence(p[:, 0], p[:, 1]), alpha=theta)
+    coef = (-rho * inv_grad).clamp_(-l_t, l_t)[:, None]
+    v = u + coef * (iw if u.shape[1] == 2 else F.pad(iw, (0, 0, 0, 0, 0, 1), value=gamma))
+    u_new = v.add_(_divergence(p[:, 0], p[:, 1]), alpha=theta)
     err = (u_new - u).square_().sum((1, 2, 3))
     gx, gy = _forward_gradient(u_new)
     ng = torch.hypot(gx, gy).mul_(taut).add_(1.0)
@@ -252,47 +289,41 @@ def _primal_dual_step(u, p, ws: _WarpState, l_t: float, theta: float, taut: floa
     return u_new, p_new, err
 
 
-def _warp_constants(i0, i1_stack, u, gamma: float) -> _WarpState:
-    """Bicubic warp of I1, I1x, I1y by u and the per-warp constants (OpenCV's calcGradRho)."""
-    warped = remap_bicubic(i1_stack, u[:, :2])
-    i1w, iwx, iwy = warped[:, 0:1], warped[:, 1:2], warped[:, 2:3]
-    grad = iwx * iwx + iwy * iwy
-    rho_c = i1w - iwx * u[:, 0:1] - iwy * u[:, 1:2] - i0[:, None]
-    inv_grad = torch.where(grad > _FLT_EPSILON, 1.0 / grad, torch.full_like(grad, 1e30))
-    parts = [iwx, iwy]
-    if u.shape[1] == 3:
-        parts.append(torch.full_like(iwx, gamma))
-    return _WarpState(torch.cat(parts, 1), rho_c, inv_grad)
+def _median_flow(u: torch.Tensor) -> torch.Tensor:
+    """Median-filter u1, u2 (not the illumination channel u3, as OpenCV)."""
+    if u.shape[1] == 2:
+        return median5(u)
+    return torch.cat((median5(u[:, :2]), u[:, 2:]), 1)
 
 
 def _solve_level_torch(i0, i1, u, prm) -> torch.Tensor:
-    """procOneScale of OpenCV for a batch: i0,i1 (B,H,W), u (B,C,H,W) updated and returned."""
+    """OpenCV's procOneScale for a batch: i0, i1 (B,H,W), u (B,C,H,W); returns the new u.
+
+    Pairs whose update fell to epsilon are written back and dropped from the working batch.
+    """
     b, _, h, w = u.shape
-    l_t = float(prm["lambda_"]) * float(prm["theta"])
-    theta = float(prm["theta"])
-    taut = float(prm["tau"]) / theta
-    scaled_eps = float(np.float32(float(prm["epsilon"]) ** 2 * h * w))
-    med = int(prm["median_filtering"]) > 1
+    scaled_eps = float(np.float32(prm["epsilon"] ** 2 * h * w))
     i1x, i1y = centered_gradient(i1)
     i1_stack = torch.stack((i1, i1x, i1y), 1)
-    p = u.new_zeros((b, 2) + tuple(u.shape[1:]))  # (B, direction x/y, C, H, W)
-    for _ in range(int(prm["warps"])):
-        ws = _warp_constants(i0, i1_stack, u, float(prm["gamma"]))
+    p = u.new_zeros((b, 2) + tuple(u.shape[1:]))  # dual variables: reset per level, not per warp
+    for _ in range(prm["warps"]):
+        iw, rho_c, inv_grad = _warp_constants(i0, i1_stack, u)
         idx = torch.arange(b, device=u.device)
         uw, pw = u, p
-        for _ in range(int(prm["outer_iterations"])):
+        for _ in range(prm["outer_iterations"]):
             if idx.numel() == 0:
                 break
-            if med:
-                uw = torch.cat((median5(uw[:, :2]), uw[:, 2:]), 1) if uw.shape[1] > 2 else median5(uw)
-            for _ in range(int(prm["inner_iterations"])):
-                uw, pw, err = _primal_dual_step(uw, pw, ws, l_t, theta, taut)
+            if prm["median_filtering"] > 1:
+                uw = _median_flow(uw)
+            for _ in range(prm["inner_iterations"]):
+                uw, pw, err = _primal_dual_step(uw, pw, iw, rho_c, inv_grad, prm)
                 done = err <= scaled_eps
                 if bool(done.any()):
                     u = u.index_copy(0, idx[done], uw[done])
                     p = p.index_copy(0, idx[done], pw[done])
                     keep = ~done
-                    idx, uw, pw, ws = idx[keep], uw[keep], pw[keep], ws.select(keep)
+                    idx, uw, pw = idx[keep], uw[keep], pw[keep]
+                    iw, rho_c, inv_grad = iw[keep], rho_c[keep], inv_grad[keep]
                     if idx.numel() == 0:
                         break
         if idx.numel() == b:
@@ -300,6 +331,215 @@ def _solve_level_torch(i0, i1, u, prm) -> torch.Tensor:
         elif idx.numel():
             u = u.index_copy(0, idx, uw)
             p = p.index_copy(0, idx, pw)
+    return u
+
+
+# --------------------------------------------------------------------------------------------------
+# one pyramid level with fused Triton kernels (CUDA)
+#
+# Per inner iteration two kernels update the whole batch in place: the primal step (thresholding,
+# divergence of p, new u, per-pair sum of (du)^2 by atomics) and the dual step (forward gradient
+# of u, new p). Splitting there keeps both in place: each reads its neighbours only from the array
+# it does not write. err_hist[k, b] is the squared update of pair b at iteration k of this warp
+# (err_hist[0] = inf); a pair runs iteration k only while err_hist[k-1, b] > epsilon, so the
+# stopping rule stays on the device and a converged pair costs one load per program.
+
+try:  # Triton is optional: CPU installs need not have it, and the kernels are only built on use
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the install
+    triton = None
+
+if triton is not None:
+
+    @triton.jit(do_not_specialize=["k"])
+    def _primal_kernel(
+        u_ptr, p_ptr, iw_ptr, rho_ptr, invg_ptr, err_ptr, k, nb, H, W,
+        eps, l_t, theta, gamma, C: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        b = tl.program_id(1).to(tl.int64)
+        if tl.load(err_ptr + (k - 1) * nb + b) > eps:
+            hw = H * W
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            m = offs < hw
+            x = offs % W
+            left = m & (x > 0)
+            up = m & (offs >= W)
+            rc = tl.load(rho_ptr + b * hw + offs, mask=m, other=0.0)
+            ig = tl.load(invg_ptr + b * hw + offs, mask=m, other=0.0)
+            ix = tl.load(iw_ptr + (2 * b) * hw + offs, mask=m, other=0.0)
+            iy = tl.load(iw_ptr + (2 * b + 1) * hw + offs, mask=m, other=0.0)
+            ub = u_ptr + (C * b) * hw + offs
+            u1 = tl.load(ub, mask=m, other=0.0)
+            u2 = tl.load(ub + hw, mask=m, other=0.0)
+            rho = rc + ix * u1 + iy * u2
+            if C == 3:
+                u3 = tl.load(ub + 2 * hw, mask=m, other=0.0)
+                rho = rho + gamma * u3
+            coef = tl.minimum(tl.maximum(-rho * ig, -l_t), l_t)
+            pxb = p_ptr + (2 * C * b) * hw + offs  # p_x of channel c at pxb + c*hw
+            pyb = pxb + C * hw  # p_y of channel c
+            d1 = (tl.load(pxb, mask=m, other=0.0) - tl.load(pxb - 1, mask=left, other=0.0)
+                  + tl.load(pyb, mask=m, other=0.0) - tl.load(pyb - W, mask=up, other=0.0))
+            n1 = u1 + coef * ix + theta * d1
+            d2 = (tl.load(pxb + hw, mask=m, other=0.0) - tl.load(pxb + hw - 1, mask=left, other=0.0)
+                  + tl.load(pyb + hw, mask=m, other=0.0) - tl.load(pyb + hw - W, mask=up, other=0.0))
+            n2 = u2 + coef * iy + theta * d2
+            tl.store(ub, n1, mask=m)
+            tl.store(ub + hw, n2, mask=m)
+            e = (n1 - u1) * (n1 - u1) + (n2 - u2) * (n2 - u2)
+            if C == 3:
+                d3 = (tl.load(pxb + 2 * hw, mask=m, other=0.0) - tl.load(pxb + 2 * hw - 1, mask=left, other=0.0)
+                      + tl.load(pyb + 2 * hw, mask=m, other=0.0) - tl.load(pyb + 2 * hw - W, mask=up, other=0.0))
+                n3 = u3 + coef * gamma + theta * d3
+                tl.store(ub + 2 * hw, n3, mask=m)
+                e += (n3 - u3) * (n3 - u3)
+            tl.atomic_add(err_ptr + k * nb + b, tl.sum(tl.where(m, e, 0.0), axis=0))
+
+    @triton.jit(do_not_specialize=["k"])
+    def _dual_kernel(u_ptr, p_ptr, err_ptr, k, nb, H, W, eps, taut, C: tl.constexpr, BLOCK: tl.constexpr):
+        b = tl.program_id(1).to(tl.int64)
+        if tl.load(err_ptr + (k - 1) * nb + b) > eps:
+            hw = H * W
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            m = offs < hw
+            x = offs % W
+            right = m & (x < W - 1)
+            down = m & (offs < hw - W)
+            for c in tl.static_range(C):
+                ub = u_ptr + (C * b + c) * hw + offs
+                uc = tl.load(ub, mask=m, other=0.0)
+                gx = tl.where(right, tl.load(ub + 1, mask=right, other=0.0) - uc, 0.0)
+                gy = tl.where(down, tl.load(ub + W, mask=down, other=0.0) - uc, 0.0)
+                ng = 1.0 + taut * tl.sqrt(gx * gx + gy * gy)
+                pxb = p_ptr + (2 * C * b + c) * hw + offs
+                pyb = pxb + C * hw
+                tl.store(pxb, (tl.load(pxb, mask=m, other=0.0) + taut * gx) / ng, mask=m)
+                tl.store(pyb, (tl.load(pyb, mask=m, other=0.0) + taut * gy) / ng, mask=m)
+
+    @triton.jit
+    def _load_clamped(base, y, x, H, W, m):
+        yy = tl.minimum(tl.maximum(y, 0), H - 1)
+        xx = tl.minimum(tl.maximum(x, 0), W - 1)
+        return tl.load(base + yy * W + xx, mask=m, other=0.0)
+
+    @triton.jit
+    def _cas(a, b):
+        return tl.minimum(a, b), tl.maximum(a, b)
+
+    @triton.jit
+    def _median_kernel(src_ptr, dst_ptr, err_ptr, k, nb, H, W, eps, C: tl.constexpr, BLOCK: tl.constexpr):
+        """dst = 5x5 median of src (replicated border) for u1, u2 of active pairs; copy otherwise."""
+        b = tl.program_id(1).to(tl.int64)
+        hw = H * W
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < hw
+        y = offs // W
+        x = offs % W
+        active = tl.load(err_ptr + k * nb + b) > eps
+        for c in tl.static_range(C):
+            sb = src_ptr + (C * b + c) * hw
+            db = dst_ptr + (C * b + c) * hw
+            if c < 2:
+                if active:
+                    v0 = _load_clamped(sb, y - 2, x - 2, H, W, m); v1 = _load_clamped(sb, y - 2, x - 1, H, W, m)
+                    v2 = _load_clamped(sb, y - 2, x, H, W, m); v3 = _load_clamped(sb, y - 2, x + 1, H, W, m)
+                    v4 = _load_clamped(sb, y - 2, x + 2, H, W, m); v5 = _load_clamped(sb, y - 1, x - 2, H, W, m)
+                    v6 = _load_clamped(sb, y - 1, x - 1, H, W, m); v7 = _load_clamped(sb, y - 1, x, H, W, m)
+                    v8 = _load_clamped(sb, y - 1, x + 1, H, W, m); v9 = _load_clamped(sb, y - 1, x + 2, H, W, m)
+                    v10 = _load_clamped(sb, y, x - 2, H, W, m); v11 = _load_clamped(sb, y, x - 1, H, W, m)
+                    v12 = _load_clamped(sb, y, x, H, W, m); v13 = _load_clamped(sb, y, x + 1, H, W, m)
+                    v14 = _load_clamped(sb, y, x + 2, H, W, m); v15 = _load_clamped(sb, y + 1, x - 2, H, W, m)
+                    v16 = _load_clamped(sb, y + 1, x - 1, H, W, m); v17 = _load_clamped(sb, y + 1, x, H, W, m)
+                    v18 = _load_clamped(sb, y + 1, x + 1, H, W, m); v19 = _load_clamped(sb, y + 1, x + 2, H, W, m)
+                    v20 = _load_clamped(sb, y + 2, x - 2, H, W, m); v21 = _load_clamped(sb, y + 2, x - 1, H, W, m)
+                    v22 = _load_clamped(sb, y + 2, x, H, W, m); v23 = _load_clamped(sb, y + 2, x + 1, H, W, m)
+                    v24 = _load_clamped(sb, y + 2, x + 2, H, W, m)
+                    # _MEDIAN25_NETWORK, written out
+                    v0, v1 = _cas(v0, v1); v2, v3 = _cas(v2, v3); v4, v5 = _cas(v4, v5)
+                    v6, v7 = _cas(v6, v7); v8, v9 = _cas(v8, v9); v10, v11 = _cas(v10, v11)
+                    v12, v13 = _cas(v12, v13); v14, v15 = _cas(v14, v15); v16, v17 = _cas(v16, v17)
+                    v18, v19 = _cas(v18, v19); v20, v21 = _cas(v20, v21); v22, v23 = _cas(v22, v23)
+                    v0, v2 = _cas(v0, v2); v1, v3 = _cas(v1, v3); v4, v6 = _cas(v4, v6)
+                    v5, v7 = _cas(v5, v7); v8, v10 = _cas(v8, v10); v9, v11 = _cas(v9, v11)
+                    v12, v14 = _cas(v12, v14); v13, v15 = _cas(v13, v15); v16, v18 = _cas(v16, v18)
+                    v17, v19 = _cas(v17, v19); v20, v22 = _cas(v20, v22); v21, v23 = _cas(v21, v23)
+                    v1, v2 = _cas(v1, v2); v5, v6 = _cas(v5, v6); v9, v10 = _cas(v9, v10)
+                    v13, v14 = _cas(v13, v14); v17, v18 = _cas(v17, v18); v21, v22 = _cas(v21, v22)
+                    v0, v4 = _cas(v0, v4); v1, v5 = _cas(v1, v5); v2, v6 = _cas(v2, v6)
+                    v3, v7 = _cas(v3, v7); v8, v12 = _cas(v8, v12); v9, v13 = _cas(v9, v13)
+                    v10, v14 = _cas(v10, v14); v11, v15 = _cas(v11, v15); v16, v20 = _cas(v16, v20)
+                    v17, v21 = _cas(v17, v21); v18, v22 = _cas(v18, v22); v19, v23 = _cas(v19, v23)
+                    v2, v4 = _cas(v2, v4); v3, v5 = _cas(v3, v5); v10, v12 = _cas(v10, v12)
+                    v11, v13 = _cas(v11, v13); v18, v20 = _cas(v18, v20); v19, v21 = _cas(v19, v21)
+                    v1, v2 = _cas(v1, v2); v3, v4 = _cas(v3, v4); v5, v6 = _cas(v5, v6)
+                    v9, v10 = _cas(v9, v10); v11, v12 = _cas(v11, v12); v13, v14 = _cas(v13, v14)
+                    v17, v18 = _cas(v17, v18); v19, v20 = _cas(v19, v20); v21, v22 = _cas(v21, v22)
+                    v0, v8 = _cas(v0, v8); v1, v9 = _cas(v1, v9); v2, v10 = _cas(v2, v10)
+                    v3, v11 = _cas(v3, v11); v4, v12 = _cas(v4, v12); v5, v13 = _cas(v5, v13)
+                    v6, v14 = _cas(v6, v14); v7 = tl.minimum(v7, v15); v16, v24 = _cas(v16, v24)
+                    v4, v8 = _cas(v4, v8); v5, v9 = _cas(v5, v9); v6, v10 = _cas(v6, v10)
+                    v7, v11 = _cas(v7, v11); v20, v24 = _cas(v20, v24); v2, v4 = _cas(v2, v4)
+                    v3, v5 = _cas(v3, v5); v6, v8 = _cas(v6, v8); v7, v9 = _cas(v7, v9)
+                    v10, v12 = _cas(v10, v12); v11, v13 = _cas(v11, v13); v18, v20 = _cas(v18, v20)
+                    v19, v21 = _cas(v19, v21); v22, v24 = _cas(v22, v24); v1, v2 = _cas(v1, v2)
+                    v3, v4 = _cas(v3, v4); v5, v6 = _cas(v5, v6); v7, v8 = _cas(v7, v8)
+                    v9, v10 = _cas(v9, v10); v11, v12 = _cas(v11, v12); v13 = tl.minimum(v13, v14)
+                    v17, v18 = _cas(v17, v18); v19, v20 = _cas(v19, v20); v21, v22 = _cas(v21, v22)
+                    v23, v24 = _cas(v23, v24); v16 = tl.maximum(v0, v16); v17 = tl.maximum(v1, v17)
+                    v18 = tl.maximum(v2, v18); v19 = tl.maximum(v3, v19); v20 = tl.maximum(v4, v20)
+                    v21 = tl.maximum(v5, v21); v6 = tl.minimum(v6, v22); v7 = tl.minimum(v7, v23)
+                    v8 = tl.minimum(v8, v24); v16 = tl.maximum(v8, v16); v17 = tl.maximum(v9, v17)
+                    v10 = tl.minimum(v10, v18); v11 = tl.minimum(v11, v19); v12 = tl.minimum(v12, v20)
+                    v13 = tl.minimum(v13, v21); v10 = tl.maximum(v6, v10); v11 = tl.maximum(v7, v11)
+                    v12 = tl.minimum(v12, v16); v13 = tl.minimum(v13, v17); v12 = tl.maximum(v10, v12)
+                    v11 = tl.minimum(v11, v13); v12 = tl.maximum(v11, v12)
+                    tl.store(db + offs, v12, mask=m)
+                else:
+                    tl.store(db + offs, tl.load(sb + offs, mask=m, other=0.0), mask=m)
+            else:
+                tl.store(db + offs, tl.load(sb + offs, mask=m, other=0.0), mask=m)
+
+
+_TRITON_BLOCK = 1024
+
+
+def _triton_available() -> bool:
+    return triton is not None
+
+
+def _solve_level_triton(i0, i1, u, prm) -> torch.Tensor:
+    """OpenCV's procOneScale for a batch with the Triton kernels; u (B,C,H,W) is updated in place."""
+    b, c, h, w = u.shape
+    scaled_eps = float(np.float32(prm["epsilon"] ** 2 * h * w))
+    i1x, i1y = centered_gradient(i1)
+    i1_stack = torch.stack((i1, i1x, i1y), 1)
+    u = u.contiguous()
+    u_alt = torch.empty_like(u)
+    p = u.new_zeros((b, 2) + tuple(u.shape[1:]))
+    n_iter = prm["outer_iterations"] * prm["inner_iterations"]
+    grid = (triton.cdiv(h * w, _TRITON_BLOCK), b)
+    common = dict(nb=b, H=h, W=w, eps=scaled_eps, C=c, BLOCK=_TRITON_BLOCK)
+    for _ in range(prm["warps"]):
+        iw, rho_c, inv_grad = _warp_constants(i0, i1_stack, u)
+        rho_c, inv_grad = rho_c.contiguous(), inv_grad.contiguous()
+        err = u.new_zeros((n_iter + 1, b))
+        err[0] = float("inf")
+        k = 0
+        for n_outer in range(prm["outer_iterations"]):
+            # one host sync per outer iteration: stop launching once every pair has converged
+            if n_outer > 0 and not bool((err[k] > scaled_eps).any()):
+                break
+            if prm["median_filtering"] > 1:
+                _median_kernel[grid](u, u_alt, err, k, **common)
+                u, u_alt = u_alt, u
+            for _ in range(prm["inner_iterations"]):
+                k += 1
+                _primal_kernel[grid](
+                    u, p, iw, rho_c, inv_grad, err, k, l_t=prm["l_t"], theta=prm["theta"],
+                    gamma=prm["gamma"], **common,
+                )
+                _dual_kernel[grid](u, p, err, k, taut=prm["taut"], **common)
     return u
 
 
@@ -313,24 +553,43 @@ def _resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _use_triton(device: torch.device, backend: str | None) -> bool:
-    if backend == "torch" or device.type != "cuda":
-        if backend == "triton" and device.type != "cuda":
-            raise ValueError("the triton backend needs a CUDA device")
-        return False
-    try:
-        from data import _tvl1_triton  # noqa: F401
-    except Exception:
-        if backend == "triton":
-            raise
-        return False
-    return True
+def _pick_solver(device: torch.device, backend: str | None):
+    """"triton" (fused kernels) on CUDA when Triton is importable, else "torch" (plain ops)."""
+    if backend not in (None, "torch", "triton"):
+        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+    if backend == "torch":
+        return _solve_level_torch
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter, for tests
+    usable = _triton_available() and (device.type == "cuda" or interpret)
+    if backend == "triton" and not usable:
+        raise ValueError("backend='triton' needs Triton and a CUDA device")
+    return _solve_level_triton if usable else _solve_level_torch
+
+
+def _solver_params(params: dict) -> dict:
+    prm = resolve_params(params)
+    theta = float(prm["theta"])
+    return dict(
+        warps=int(prm["warps"]),
+        outer_iterations=int(prm["outer_iterations"]),
+        inner_iterations=int(prm["inner_iterations"]),
+        median_filtering=int(prm["median_filtering"]),
+        epsilon=float(prm["epsilon"]),
+        theta=theta,
+        gamma=float(prm["gamma"]),
+        # OpenCV passes these as float: l_t = lambda*theta, taut = tau/theta
+        l_t=float(np.float32(float(prm["lambda_"]) * theta)),
+        taut=float(np.float32(float(prm["tau"]) / theta)),
+        nscales=int(prm["nscales"]),
+        scale_step=float(prm["scale_step"]),
+    )
 
 
 def tvl1_flow_batch_tensor(prev, next, device=None, backend: str | None = None, **params) -> torch.Tensor:
-    """Like :func:`tvl1_flow_batch` but returns the (B,H,W,2) float32 tensor on ``device``, unclipped."""
-    prm = resolve_params(params)
+    """Like :func:`tvl1_flow_batch`, but returns the unclipped (B,H,W,2) float32 tensor on ``device``."""
+    prm = _solver_params(params)
     dev = _resolve_device(device)
+    solve = _pick_solver(dev, backend)
     with torch.inference_mode():
         i0 = _to_gray_float(prev, dev)
         i1 = _to_gray_float(next, dev)
@@ -338,73 +597,64 @@ def tvl1_flow_batch_tensor(prev, next, device=None, backend: str | None = None, 
             raise ValueError(f"prev and next differ in shape: {tuple(i0.shape)} vs {tuple(i1.shape)}")
         b, h, w = i0.shape
         if h < 3 or w < 3:
-            raise ValueError(f"frames must be at least 3x3, got {h}x{w}")
+            raise ValueError(f"frames must be at least 3x3 pixels, got {h}x{w}")
         if b == 0:
             return torch.zeros((0, h, w, 2), device=dev)
-        sizes = pyramid_sizes(h, w, int(prm["nscales"]), float(prm["scale_step"]))
-        step = float(prm["scale_step"])
+        step = prm["scale_step"]
+        sizes = pyramid_sizes(h, w, prm["nscales"], step)
         i0s, i1s = [i0], [i1]
-        for lvl in range(1, len(sizes)):
-            i0s.append(resize_linear(i0s[-1], sizes[lvl], (1.0 / step, 1.0 / step)))
-            i1s.append(resize_linear(i1s[-1], sizes[lvl], (1.0 / step, 1.0 / step)))
-        nchan = 3 if float(prm["gamma"]) != 0.0 else 2
+        for size in sizes[1:]:
+            i0s.append(resize_linear(i0s[-1], size, (1.0 / step, 1.0 / step)))
+            i1s.append(resize_linear(i1s[-1], size, (1.0 / step, 1.0 / step)))
+        nchan = 3 if prm["gamma"] != 0.0 else 2  # gamma adds OpenCV's illumination channel u3
         u = i0.new_zeros((b, nchan) + sizes[-1])
-        solve = _solve_level_torch
-        if _use_triton(dev, backend):
-            from data import _tvl1_triton
-
-            solve = _tvl1_triton.solve_level
         for lvl in range(len(sizes) - 1, -1, -1):
             u = solve(i0s[lvl], i1s[lvl], u, prm)
             if lvl == 0:
                 break
-            up = resize_linear(u, sizes[lvl - 1])
-            up[:, :2] *= 1.0 / step  # u3 (gamma) is not rescaled
-            u = up.contiguous()
+            u = resize_linear(u, sizes[lvl - 1])
+            u[:, :2] *= float(np.float32(1.0 / step))  # u3 is not rescaled
         return u[:, :2].permute(0, 2, 3, 1).contiguous()
 
 
 def tvl1_flow_batch(prev, next, device=None, backend: str | None = None, **params) -> np.ndarray:
-    """Dual TV-L1 flow from ``prev`` to ``next`` for a batch of frame pairs of one size.
+    """Dual TV-L1 optical flow from ``prev`` to ``next`` for a batch of frame pairs of one size.
 
-    prev, next: (B,H,W) uint8 gray or (B,H,W,3) uint8 RGB, numpy or torch (float frames are taken in
-    [0, 1], as OpenCV does). ``params``: TV-L1 parameters in snake case (``tau, lambda_, theta,
-    nscales, warps, epsilon, inner_iterations, outer_iterations, scale_step, gamma,
-    median_filtering``) or OpenCV's keywords (``innnerIterations`` ...); defaults are OpenCV's.
-    ``backend``: None (Triton kernels on CUDA when available, else PyTorch ops), "torch" or "triton".
-    Returns (B,H,W,2) float32 (x, y) flow, clipped to +-20 px.
+    prev, next: (B,H,W) uint8 gray or (B,H,W,3) uint8 RGB frames, numpy or torch (float frames are
+    taken in [0, 1], as OpenCV does). ``params``: TV-L1 parameters in snake case (``tau, lambda_,
+    theta, nscales, warps, epsilon, inner_iterations, outer_iterations, scale_step, gamma,
+    median_filtering``) or OpenCV's keywords (``innnerIterations``, ``scaleStep``, ...); the
+    defaults are OpenCV's. ``device``: None picks CUDA when available. ``backend``: None (Triton
+    kernels on CUDA when Triton is importable, plain PyTorch ops otherwise), "torch" or "triton".
+    Returns (B,H,W,2) float32 (x, y) flow in pixels, clipped to +-20.
     """
     flow = tvl1_flow_batch_tensor(prev, next, device=device, backend=backend, **params)
     return flow.clamp_(-FLOW_BOUND, FLOW_BOUND).cpu().numpy()
 
 
 def tvl1_flow_pairs(
-    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    pairs: Iterable[tuple],
     device=None,
     batch_size: int = 32,
     backend: str | None = None,
     **params,
 ) -> list[np.ndarray]:
-    """TV-L1 flow for a list of (prev, next) frame pairs of possibly different sizes.
+    """TV-L1 flow for (prev, next) frame pairs of possibly different sizes.
 
-    Pairs are grouped by size and run ``batch_size`` at a time; the result list follows the input
-    order, each (H,W,2) float32 clipped to +-20 px.
+    Pairs are grouped by frame shape and run ``batch_size`` at a time; the list that comes back
+    follows the input order, each (H,W,2) float32 clipped to +-20 px.
     """
     pairs = list(pairs)
+    batch_size = max(1, int(batch_size))
     groups: dict[tuple, list[int]] = {}
     for k, (a, b) in enumerate(pairs):
-        groups.setdefault((tuple(np.shape(a)), tuple(np.shape(b))), []).append(k)
-    out: list[np.ndarray | None] = [None] * len(pairs)
+        groups.setdefault((tuple(a.shape), tuple(b.shape)), []).append(k)
+    out: list = [None] * len(pairs)
     for members in groups.values():
-        for start in range(0, len(members), max(1, int(batch_size))):
-            chunk = members[start : start + max(1, int(batch_size))]
-            prev = _stack([pairs[k][0] for k in chunk])
-            nxt = _stack([pairs[k][1] for k in chunk])
-            flows = tvl1_flow_batch(prev, nxt, device=device, backend=backend, **params)
-            for k, f in zip(chunk, flows):
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            prev = torch.stack([torch.as_tensor(pairs[k][0]) for k in chunk])
+            nxt = torch.stack([torch.as_tensor(pairs[k][1]) for k in chunk])
+            for k, f in zip(chunk, tvl1_flow_batch(prev, nxt, device=device, backend=backend, **params)):
                 out[k] = f
-    return out  # type: ignore[return-value]
-
-
-def _stack(frames: Sequence) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(np.asarray(f)) if not isinstance(f, torch.Tensor) else f for f in frames])
+    return out

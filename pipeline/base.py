@@ -84,9 +84,8 @@ class Stage(luigi.Task):
                 "benchmark": self.benchmark, "params": own, "upstream": upstream}
 
     def output_key(self) -> str:
-        if not hasattr(self, "_output_key"):
-            self._output_key = short_hash(self.key_material())
-        return self._output_key
+        # Not cached: Luigi reuses task instances, and the key must follow luigi.cfg if it changes.
+        return short_hash(self.key_material())
 
     def output_dir(self) -> Path:
         return workdir() / self.stage_name / self.benchmark / self.output_key()

@@ -14,13 +14,19 @@ TVL1_KEYS = ("tau", "lambda_", "theta", "nscales", "warps", "epsilon", "inner_it
              "scale_step", "gamma", "median_filtering")
 
 
-def tvl1_params_from_config() -> dict:
-    """[tvl1] in luigi.cfg; keys left out keep OpenCV's defaults."""
+def _number(raw: str):
+    return float(raw) if any(c in raw.lower() for c in ".e") else int(raw)
+
+
+def tvl1_params_from_config(benchmark: str) -> dict:
+    """[tvl1] in luigi.cfg, then `tvl1_<key>` of [benchmark.<name>]; keys left out keep OpenCV's defaults."""
     cfg, out = get_config(), {}
     for key in TVL1_KEYS:
         if cfg.has_option("tvl1", key) and cfg.get("tvl1", key).strip():
-            raw = cfg.get("tvl1", key).strip()
-            out[key] = float(raw) if "." in raw or "e" in raw.lower() else int(raw)
+            out[key] = _number(cfg.get("tvl1", key).strip())
+        override = benchmark_setting(benchmark, f"tvl1_{key}", None)
+        if override is not None:
+            out[key] = _number(override)
     return out
 
 
@@ -35,7 +41,7 @@ class ExtractFlow(ShardedStage):
     def tvl1_params(self) -> dict:
         from data.flow import TVL1_DEFAULTS
 
-        return {**TVL1_DEFAULTS, **tvl1_params_from_config()}
+        return {**TVL1_DEFAULTS, **tvl1_params_from_config(self.benchmark)}
 
     @property
     def backend(self) -> str:

@@ -2,31 +2,40 @@
 and the generation of the embedded SYN dataset they read from."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import luigi
 
 from data import syn
-from data.benchmarks import get_benchmark, list_source_items, list_target_items
+from data.benchmarks import list_source_items, list_target_items
 from data.items import write_items
 from pipeline.base import Stage, write_json_atomic
-from pipeline.settings import benchmark_setting, require_path
+from pipeline.settings import benchmark_setting, require_path, resolve_benchmark
 
 
 class GenerateSyn(Stage):
     """Render the SYN benchmark (stills, ground-truth depth, target videos) from its seed."""
 
     seed = luigi.IntParameter(default=0, description="SYN's seed (its properties are fixed; see README)")
-    key_params = ("seed",)
+    key_params = ("seed", "scale")
     format_version = syn.SYN_FORMAT_VERSION
+
+    @property
+    def scale(self) -> dict:
+        """SYN's size (only its scale and seed are configurable): [benchmark.SYN] stills_per_class,
+        videos_per_class, frames_per_video; empty = SynConfig's defaults."""
+        fields = ("stills_per_class", "videos_per_class", "frames_per_video")
+        return {f: v for f in fields if (v := benchmark_setting("SYN", f, None, int)) is not None}
+
+    def syn_config(self) -> syn.SynConfig:
+        return syn.SynConfig(seed=self.seed, **self.scale)
 
     def output(self):
         return luigi.LocalTarget(str(self.output_dir() / "dataset" / "syn.json"))
 
     def run(self) -> None:
         self.set_status_message("rendering SYN")
-        syn.generate_syn(self.output_dir() / "dataset", syn.SynConfig(seed=self.seed))
+        syn.generate_syn(self.output_dir() / "dataset", self.syn_config())
 
     def dataset_root(self) -> Path:
         return self.output_dir() / "dataset"
@@ -59,8 +68,7 @@ class _Index(Stage):
         return luigi.LocalTarget(str(self.output_dir() / "items.json"))
 
     def run(self) -> None:
-        syn.register()
-        benchmark = get_benchmark(self.benchmark)
+        benchmark = resolve_benchmark(self.benchmark)
         lister = list_source_items if self.domain == "source" else list_target_items
         split = benchmark_setting(self.benchmark, f"{self.domain}_split", None)
         kwargs = {"split": split} if split else {}

@@ -44,3 +44,23 @@ def require_path(benchmark: str, key: str, what: str) -> Path:
     if not p.exists():
         raise RuntimeError(f"{what} not found at {p} (configured as `{key}` in [benchmark.{benchmark}] of luigi.cfg)")
     return p
+
+
+def resolve_benchmark(name: str):
+    """The registered benchmark `name`, or one defined in luigi.cfg: a section [benchmark.<name>] with
+    `classes = a,b,c` (label order) and optionally `source_dataset` / `target_dataset` (default `folder`:
+    root/<class>/<file>) lets users bring their own data without writing code."""
+    from data.benchmarks import Benchmark, get_benchmark, register_benchmark
+
+    try:
+        return get_benchmark(name)
+    except KeyError:
+        classes = benchmark_setting(name, "classes")
+        if not classes:
+            raise KeyError(f"unknown benchmark {name!r}: use SYN, E2H, S2U, B2U, or define [benchmark.{name}] "
+                           f"with `classes = ...` in luigi.cfg") from None
+        return register_benchmark(Benchmark(
+            name=name, classes=[c.strip() for c in classes.split(",") if c.strip()],
+            source_dataset=benchmark_setting(name, "source_dataset", "folder"),
+            target_dataset=benchmark_setting(name, "target_dataset", "folder"),
+            note="defined in luigi.cfg"))

@@ -2,8 +2,6 @@
 back-projected depth (DESIGN.md steps 1-2)."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from data.store import StoreReader
@@ -11,11 +9,6 @@ from pipeline.base import ShardedStage
 from pipeline.depth import EstimateDepth
 from pipeline.device import stage_device
 from pipeline.settings import benchmark_setting
-
-
-def item_seed(base_seed: int, item_id: str) -> int:
-    """A per-item seed that does not depend on shard layout or processing order."""
-    return int.from_bytes(hashlib.sha256(f"{base_seed}:{item_id}".encode()).digest()[:8], "little") % (2**63)
 
 
 class SynthesizeSourceVideos(ShardedStage):
@@ -59,12 +52,12 @@ class SynthesizeSourceVideos(ShardedStage):
             self.redepth_fn = (lambda im: predict_inverse_depth(model, im)) if model is not None else None
 
     def process_item(self, item_id, writer) -> None:
-        from data.synthesis import synthesize_video
+        from data.synthesis import item_seed, synthesize_video
 
         still = self.depth_store.read_frames(item_id, [0])[0]
         inverse_depth = self.depth_store.read_array(item_id, "inverse_depth").astype(np.float32)
         result = synthesize_video(still, inverse_depth, num_frames=self.num_frames,
-                                  seed=item_seed(self.motion_seed, item_id), device=self.device,
+                                  seed=item_seed(item_id, self.motion_seed), device=self.device,
                                   redepth_fn=self.redepth_fn, return_flow=self.store_gt_flow)
         arrays = {"gt_flow": result.flow.astype(np.float16)} if self.store_gt_flow else {}
         attrs = self.depth_store.item_attrs(item_id)

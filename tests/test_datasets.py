@@ -537,3 +537,49 @@ def test_read_items_rejects_truncated_or_foreign_files(tmp_path):
     path.write_text("{trunc")
     with pytest.raises(ValueError, match="items.json"):
         read_items(path)
+
+
+# --- real file names -------------------------------------------------------------------------------------
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+def test_real_hmdb51_clip_names_list_through_linked_layout(tmp_path):
+    videos = REALDATA / "videos"
+    if not videos.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"real test data missing: {videos}")
+        pytest.skip(f"real test data missing: {videos}")
+    # HMDB51 names end in _<class>_<tags>_<n>; put each real clip in its class folder as a symlink
+    wanted = {"drink", "jump", "talk", "climb_stairs"}
+    made = []
+    for clip in sorted(videos.glob("*.mp4")):
+        cls = next((c for c in wanted if f"_{c}_" in clip.name), None)
+        if cls is not None:
+            (tmp_path / cls).mkdir(exist_ok=True)
+            (tmp_path / cls / clip.name).symlink_to(clip)
+            made.append(f"{cls}/{clip.name}")
+    items, skipped = ds.list_hmdb51(tmp_path, sorted(wanted))
+    assert skipped == []
+    assert ids(items) == sorted(made) and len(items) == 4
+    assert any("!!!!" in it.id for it in items)
+    assert all(Path(it.path).resolve().parent == videos for it in items)
+
+
+def test_benchmark_with_domain_subfolders_uses_folder_adapter_per_domain(tmp_path):
+    toy = Benchmark(name="TOY2", classes=("walk", "run"), source_subdir="source", target_subdir="target",
+                    source_depth_subdir="source_depth")
+    assert toy.classes == ["walk", "run"] and toy.source_class_map == {"walk": ["walk"], "run": ["run"]}
+    touch(tmp_path, "source/run/run_0000.png", "source/walk/walk_0000.png", "source_depth/run/run_0000.png",
+          "target/walk/walk_0000.avi", "target/walk/walk_0000.png", "classes.txt")
+    src, _ = list_source_items(toy, tmp_path)
+    assert [(it.id, it.label) for it in src] == [("run/run_0000.png", 1), ("walk/walk_0000.png", 0)]
+    tgt, skipped = list_target_items(toy, tmp_path)
+    assert ids(tgt) == ["walk/walk_0000.avi"]  # the target domain takes videos only
+    assert reasons(skipped, ds.SKIP_EXTENSION) == ["walk_0000.png"]
+
+
+def test_syn_registers_itself_on_first_request():
+    pytest.importorskip("data.syn")
+    syn = get_benchmark("SYN")
+    assert syn.name == "SYN" and syn.source_dataset == "folder" and syn.num_classes >= 2

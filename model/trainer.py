@@ -1,0 +1,580 @@
+"""Training: two I3D streams, the Category-aware Flow Memory Bank and video pace prediction (Sec. 3).
+
+One loop, read top to bottom (``train``): build data and models, resume if the output directory holds a
+checkpoint, then per epoch
+
+1. reseed everything from (seed, epoch), so a resumed run replays exactly what an uninterrupted one does;
+2. after the warm-up epochs (CFB variants): pseudo-label all target videos (32 uniform frames, centre crop,
+   summed softmax of both streams, argmax), refresh the flow memory bank (N most confident per class) and
+   write its snapshot;
+3. train one pass over the source clips: L = L'_c + lambda1 L_loc + lambda2 L_vc (Eq. 6), where each source
+   flow is replaced by a clip from the bank of its class (CFB) and L_vc is the pace loss on target clips;
+   optionally + lambda3 x a DA add-on (Table 4);
+4. evaluate on the target videos (this pass is also the next epoch's pseudo-labelling), and materialise the
+   epoch: metrics row, checkpoint (written last; its presence is what makes an epoch finished).
+
+Outputs in ``out_dir``: ``config.json``, ``checkpoint.pt`` (latest finished epoch: models, optimiser,
+scheduler, epoch, config, RNG states; load with ``torch.load(..., weights_only=True)``), ``metrics.csv``
+(one row per epoch), ``bank/epoch_NNN.h5`` (pseudo labels and bank of each epoch after warm-up) and, when
+all epochs are done, ``result.json``.
+
+Single process:  ``train(out_dir, source_frames, target_frames, source_flows=..., target_flows=..., config)``
+Several GPUs:    ``torchrun --standalone --nproc_per_node=4 -m model.trainer OUT --source-frames ... ``
+Under torchrun (WORLD_SIZE > 1) the same loop initialises the process group (NCCL on CUDA, gloo on CPU),
+wraps the streams in DistributedDataParallel, shards every loader by rank, gathers the evaluation, and only
+rank 0 writes files. ``batch_size`` is per process.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from model.evaluate import accuracy_summary, predict
+from model.heads import VideoPaceHead
+from model.i3d import InceptionI3d, load_i3d
+from model.losses import (LOSS_KINDS, bnm_loss, classification_loss, dan_mmd_loss, local_loss, mcc_loss, pace_loss,
+                          total_loss)
+from model.memory_bank import AGGREGATIONS, FlowMemoryBank, write_bank_snapshot
+from model.video_data import EpochSampler, EvalClipDataset, SourceClipDataset, TargetPaceDataset
+
+# The ablation of Table 2, as data: which parts of the method each variant uses.
+VARIANTS = {
+    "SO_RGB": {"use_flow": False, "use_bank": False, "use_pace": False},           # RGB stream, source only
+    "SO_RGB_FLOW": {"use_flow": True, "use_bank": False, "use_pace": False},       # + flow stream (own flows)
+    "SO_RGB_FLOW_CFB": {"use_flow": True, "use_bank": True, "use_pace": False},    # + flow memory bank
+    "FULL": {"use_flow": True, "use_bank": True, "use_pace": True},                # + video pace prediction
+}
+DA_KINDS = ("none", "dan", "mcc", "bnm")
+
+# DESIGN.md step 8 (paper Sec. 4.1): (lr, batch, epochs, lambda1, lambda2) per benchmark; 10 warm-up
+# epochs, N = 60, paces 1..5, 16-frame 224 px clips, 32-frame evaluation, Kinetics weights.
+_PAPER_COMMON = {"warmup_epochs": 10, "bank_size": 60, "num_paces": 5, "crop_size": 224, "clip_frames": 16,
+                 "eval_frames": 32, "width_mult": 1.0, "temporal_variant": "st_i2v", "init": "pretrained"}
+PAPER_PRESETS = {
+    "E2H": {**_PAPER_COMMON, "lr": 0.05, "batch_size": 16, "epochs": 60, "lambda1": 1.0, "lambda2": 0.2},
+    "B2U": {**_PAPER_COMMON, "lr": 0.1, "batch_size": 32, "epochs": 30, "lambda1": 20.0, "lambda2": 0.001},
+    "S2U": {**_PAPER_COMMON, "lr": 0.015, "batch_size": 32, "epochs": 20, "lambda1": 1.0, "lambda2": 0.01},
+}
+# SYN on a 2-core CPU in about a minute per variant; chosen by measurement (bench/bench_train.py,
+# bench/syn_experiment.py). Random initialisation: SYN ships no weights. The same preset for every variant.
+SYN_PRESET = {
+    "init": "random", "width_mult": 0.125, "crop_size": 48, "temporal_variant": "st_i2v", "clip_frames": 16,
+    "eval_frames": 32, "epochs": 8, "warmup_epochs": 3, "batch_size": 8, "lr": 0.05, "lambda1": 1.0,
+    "lambda2": 0.5, "bank_size": 8, "num_paces": 4, "bn_momentum": 0.1, "pace_during_warmup": True,
+    "eval_every": 0, "threads": 1,
+}
+PRESETS = {**PAPER_PRESETS, "SYN": SYN_PRESET}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in every checkpoint as a plain dict)."""
+
+    variant: str = "FULL"
+    seed: int = 0
+    epochs: int = 20
+    warmup_epochs: int = 10
+    batch_size: int = 16
+    lr: float = 0.015
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple = (0.5, 2 / 3)     # fractions of `epochs` where the lr is multiplied by 0.1
+    lambda1: float = 1.0                    # L_loc weight
+    lambda2: float = 0.01                   # L_vc weight
+    loss_kind: str = "ce"                   # "ce" (paper) | "bce" (released code)
+    aggregation: str = "random"             # flow memory bank retrieval (Table 3)
+    bank_size: int = 60                     # N (released code: 50)
+    num_paces: int = 5                      # C_vp: paces 1..C_vp (released code: 4)
+    pace_hidden: int = 0                    # hidden width of the pace head (0: linear)
+    pace_during_warmup: bool = False        # released code: True unless -post_vdpace
+    da: str = "none"                        # DA add-on of Table 4
+    lambda3: float = 0.0
+    clip_frames: int = 16                   # K, frames per training clip
+    eval_frames: int = 32                   # frames per evaluation / pseudo-labelling clip
+    crop_size: int = 224
+    init: str = "pretrained"                # "pretrained" | "random" (random only when asked for)
+    rgb_weights: str = ""
+    flow_weights: str = ""
+    width_mult: float = 1.0
+    temporal_variant: str = "st_i2v"
+    bn_momentum: float | None = None        # None keeps I3D's 0.01
+    grad_clamp: float | None = 1.0          # element-wise, as the released code's clip_gradient
+    num_classes: int = 0                    # 0: from the labels
+    eval_every: int = 1                     # evaluate every k epochs (0: only when needed and at the end)
+    eval_batch_size: int = 8
+    num_workers: int = 0
+    device: str = "cpu"
+    amp: bool = False                       # bf16 autocast on CUDA
+    threads: int = 0                        # torch.set_num_threads (0: leave as is)
+
+    def __post_init__(self):
+        checks = [("variant", VARIANTS), ("da", DA_KINDS), ("aggregation", AGGREGATIONS), ("loss_kind", LOSS_KINDS),
+                  ("init", ("pretrained", "random"))]
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in 0..epochs, got {self.warmup_epochs} (epochs {self.epochs})")
+        self.lr_milestones = tuple(self.lr_milestones)
+
+    @property
+    def parts(self) -> dict:
+        return VARIANTS[self.variant]
+
+    def milestones(self) -> list[int]:
+        return sorted({max(1, int(self.epochs * f)) if f < 1 else int(f) for f in self.lr_milestones})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Keys that may differ between a run and its resumption (they do not change the result on one device).
+_RESUME_FREE = {"num_workers", "device", "threads", "eval_batch_size", "rgb_weights", "flow_weights"}
+
+
+def make_config(config: TrainConfig | dict | None = None, benchmark: str | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a preset name, a dict or a TrainConfig, plus keyword overrides."""
+    values = dict(PRESETS[benchmark]) if benchmark else {}
+    if isinstance(config, TrainConfig):
+        values.update(config.to_dict())
+    elif config:
+        values.update(config)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Models
+
+def build_streams(cfg: TrainConfig, num_classes: int, pretrained: bool | None = None):
+    """(rgb, flow or None, pace head or None): I3D streams with C-class logits and frozen stem, pace head.
+
+    ``pretrained`` defaults to ``cfg.init == "pretrained"``; missing weight files stop with a message that
+    names the file and the setting.
+    """
+    pretrained = cfg.init == "pretrained" if pretrained is None else pretrained
+
+    def stream(in_channels, weights, key):
+        if pretrained:
+            if not weights or not Path(weights).is_file():
+                raise FileNotFoundError(
+                    f"pretrained I3D weights for the {key.split('_')[0]} stream not found at {weights!r}: set "
+                    f"`{key}` (Kinetics checkpoint {'rgb' if in_channels == 3 else 'flow'}_imagenet.pt), or "
+                    "init='random' to train from scratch on purpose")
+            net = load_i3d(weights, in_channels, num_classes, temporal_variant=cfg.temporal_variant)
+        else:
+            net = InceptionI3d(num_classes, in_channels, cfg.temporal_variant, cfg.width_mult)
+        if cfg.bn_momentum is not None:
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = cfg.bn_momentum
+        return net.freeze_stem()
+
+    rgb = stream(3, cfg.rgb_weights, "rgb_weights")
+    flow = stream(2, cfg.flow_weights, "flow_weights") if cfg.parts["use_flow"] else None
+    head = VideoPaceHead(rgb.feature_dim, cfg.num_paces, cfg.pace_hidden) if cfg.parts["use_pace"] else None
+    return rgb, flow, head
+
+
+class RGBBranch(nn.Module):
+    """The RGB stream and the pace head in one module, so that a step is one forward call (DDP needs one
+    forward per backward): source clips -> (per-frame logits, features); target clips -> (per-frame
+    logits, pace logits)."""
+
+    def __init__(self, rgb: nn.Module, pace_head: nn.Module | None):
+        super().__init__()
+        self.rgb, self.pace_head = rgb, pace_head
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor | None = None):
+        logits, features = self.rgb.forward_with_features(source)
+        target_logits = pace_logits = None
+        if target is not None:
+            target_logits, target_features = self.rgb.forward_with_features(target)
+            if self.pace_head is not None:
+                pace_logits = self.pace_head(target_features)
+        return logits, features, target_logits, pace_logits
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small helpers for the loop
+
+def seed_everything(seed: int, epoch: int, rank: int = 0) -> int:
+    """Reseed python, numpy and torch from (seed, epoch, rank); returns the derived seed."""
+    s = int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    return s
+
+
+def rng_states() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+METRIC_FIELDS = ["epoch", "lr", "loss", "loss_c", "loss_loc", "loss_vc", "loss_da", "pace_acc", "train_acc",
+                 "target_acc", "bank_size", "bank_precision", "pseudo_acc", "seconds", "clips_per_s"]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _unwrap(m):
+    return m.module if isinstance(m, DDP) else m
+
+
+def _loader(dataset, sampler, batch_size, cfg: TrainConfig, epoch_seed: int, drop_last: bool, device):
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                      drop_last=drop_last, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(epoch_seed))
+
+
+def _gather(result: dict, world_size: int) -> dict:
+    """All ranks' prediction dicts concatenated and ordered by item index."""
+    if world_size > 1:
+        parts = [None] * world_size
+        dist.all_gather_object(parts, {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in result.items()})
+    else:
+        parts = [result]
+    merged = {}
+    for k in parts[0]:
+        vals = [p[k] for p in parts]
+        merged[k] = torch.cat(vals) if torch.is_tensor(vals[0]) else np.concatenate(vals)
+    order, keep = np.unique(np.asarray(merged["index"]), return_index=True)  # DDP padding repeats items
+    return {k: (v[torch.as_tensor(keep)] if torch.is_tensor(v) else v[keep]) for k, v in merged.items()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loop
+
+def train(out_dir, source_frames, target_frames, source_flows=None, target_flows=None,
+          config: TrainConfig | dict | None = None, *, benchmark: str | None = None,
+          stop_after_epoch: int | None = None, on_epoch_end=None, log=print, **overrides) -> dict:
+    """Train one variant; resume from ``out_dir/checkpoint.pt`` when present. Returns the summary that is
+    also written to ``result.json`` (plus ``stopped``/``epochs_done`` when ``stop_after_epoch`` ended it).
+
+    ``source_frames`` / ``target_frames``: store files (one path or a list of shard paths) with the frames;
+    ``*_flows``: store files with the flows (default: the frame files). ``config``: TrainConfig or dict,
+    ``benchmark``: a preset of ``PRESETS`` applied first, ``overrides``: TrainConfig fields.
+    ``on_epoch_end(epoch, row)`` is called after an epoch is materialised (a test may raise from it to
+    simulate a crash); ``stop_after_epoch=k`` returns cleanly after epoch k.
+    """
+    cfg = make_config(config, benchmark, **overrides)
+    parts = cfg.parts
+    out_dir = Path(out_dir)
+
+    # -- processes and devices (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK) --------------------------------
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world_size > 1
+    device = torch.device(cfg.device)
+    if distributed:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank = dist.get_rank()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    else:
+        rank = 0
+    master = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    if master:
+        (out_dir / "bank").mkdir(parents=True, exist_ok=True)
+
+    # -- data ----------------------------------------------------------------------------------------------
+    source = SourceClipDataset(source_frames, source_flows, cfg.clip_frames, cfg.crop_size,
+                               with_flow=parts["use_flow"], seed=cfg.seed)
+    target_eval = EvalClipDataset(target_frames, target_flows, cfg.eval_frames, cfg.crop_size,
+                                  with_flow=parts["use_flow"])
+    uses_target_clips = parts["use_pace"] or cfg.da != "none"
+    target_clips = (TargetPaceDataset(target_frames, cfg.clip_frames, cfg.crop_size,
+                                      cfg.num_paces if parts["use_pace"] else 1, seed=cfg.seed)
+                    if uses_target_clips else None)
+    num_classes = cfg.num_classes or int(max(source.labels.max(), target_eval.labels.max())) + 1
+    target_labels = target_eval.labels
+    labelled = bool((target_labels >= 0).all())
+    per_rank = math.ceil(len(source) / world_size)
+    drop_last = per_rank >= cfg.batch_size
+    steps = per_rank // cfg.batch_size if drop_last else 1
+    source_sampler = EpochSampler(len(source), seed=cfg.seed, rank=rank, world_size=world_size)
+    target_sampler = (EpochSampler(len(target_clips), steps * cfg.batch_size * world_size, seed=cfg.seed + 7919,
+                                   rank=rank, world_size=world_size) if target_clips else None)
+    eval_sampler = EpochSampler(len(target_eval), len(target_eval), shuffle=False, rank=rank, world_size=world_size)
+
+    # -- models, optimiser, schedule -------------------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    rgb, flow, pace_head = build_streams(cfg, num_classes)
+    rgb_branch = RGBBranch(rgb, pace_head).to(device)
+    flow = flow.to(device) if flow is not None else None
+    params = [p for m in (rgb_branch, flow) if m is not None for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones(), gamma=0.1)
+    bank = FlowMemoryBank(num_classes, cfg.bank_size, cfg.aggregation) if parts["use_bank"] else None
+
+    # -- resume ------------------------------------------------------------------------------------------------
+    ckpt_path, metrics_path = out_dir / "checkpoint.pt", out_dir / "metrics.csv"
+    start_epoch = 0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        changed = sorted(k for k, v in cfg.to_dict().items()
+                         if k not in _RESUME_FREE and _plain(ckpt["config"].get(k)) != _plain(v))
+        if changed:
+            raise ValueError(f"{ckpt_path}: the run was started with a different configuration ({', '.join(changed)}"
+                             f"); use a new output directory or the same settings")
+        rgb.load_state_dict(ckpt["rgb"])
+        if flow is not None:
+            flow.load_state_dict(ckpt["flow"])
+        if pace_head is not None:
+            pace_head.load_state_dict(ckpt["pace_head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = ckpt["epoch"] + 1
+        if log and master:
+            log(f"resuming {out_dir} after epoch {ckpt['epoch']}")
+    rows = [r for r in read_metrics(metrics_path) if int(r["epoch"]) < start_epoch]
+    if master:
+        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+    if start_epoch >= cfg.epochs and (out_dir / "result.json").exists():
+        return json.loads((out_dir / "result.json").read_text())
+
+    if distributed:
+        rgb_branch = DDP(rgb_branch, device_ids=[device.index] if device.type == "cuda" else None,
+                         find_unused_parameters=pace_head is not None)
+        flow = DDP(flow, device_ids=[device.index] if device.type == "cuda" else None) if flow is not None else None
+
+    def evaluate_target():
+        # A generator of its own: a DataLoader iterator draws a seed, which must not touch the global RNG.
+        eval_loader = DataLoader(target_eval, batch_size=cfg.eval_batch_size, sampler=eval_sampler,
+                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                 generator=torch.Generator().manual_seed(0))
+        with autocast:
+            out = predict(_unwrap(rgb_branch).rgb, _unwrap(flow) if flow is not None else None, eval_loader, device)
+        return _gather(out, world_size)
+
+    last_eval = None  # predictions of the current weights, reused as the next epoch's pseudo labels
+    result = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        bank_rng = np.random.default_rng((cfg.seed, epoch, rank, 31337))
+        after_warmup = epoch >= cfg.warmup_epochs
+        bank_active = bank is not None and after_warmup
+        target_on = target_clips is not None and (after_warmup or cfg.pace_during_warmup)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+
+        # 1) pseudo-label the target videos and refresh the Category-aware Flow Memory Bank
+        if bank_active:
+            if last_eval is None:
+                last_eval = evaluate_target()
+            bank.refresh(last_eval["pred"], last_eval["confidence"], last_eval["features"])
+            members = bank.member_indices()
+            bank.set_flows(members, [target_eval.bank_flow_clip(int(i), cfg.clip_frames).to(device, torch.float16)
+                                     for i in members])
+            row["bank_size"] = bank.size
+            if labelled:
+                in_bank = bank.in_bank()
+                row["pseudo_acc"] = float((last_eval["pred"] == target_labels).mean())
+                row["bank_precision"] = (float((last_eval["pred"][in_bank] == target_labels[in_bank]).mean())
+                                         if in_bank.any() else None)
+            if master:
+                write_bank_snapshot(out_dir / "bank" / f"epoch_{epoch:03d}.h5",
+                                    bank.snapshot(target_eval.ids, target_labels),
+                                    {"epoch": epoch, "capacity": cfg.bank_size, "aggregation": cfg.aggregation})
+
+        # 2) one pass over the source clips
+        epoch_seed = seed_everything(cfg.seed, epoch, rank)
+        rgb_branch.train()
+        if flow is not None:
+            flow.train()
+        for sampler, ds in ((source_sampler, source), (target_sampler, target_clips)):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+                ds.set_epoch(epoch)
+        source_loader = _loader(source, source_sampler, cfg.batch_size, cfg, epoch_seed, drop_last, device)
+        target_iter = (iter(_loader(target_clips, target_sampler, cfg.batch_size, cfg, epoch_seed + 1, True, device))
+                       if target_on else None)
+        sums = {k: 0.0 for k in ("loss", "loss_c", "loss_loc", "loss_vc", "loss_da", "pace_acc", "train_acc")}
+        n_steps = n_clips = 0
+        for batch in source_loader:
+            labels = batch["label"].to(device, non_blocking=True)
+            rgb_in = batch["rgb"].to(device, non_blocking=True)
+            target_batch = next(target_iter) if target_iter is not None else None
+            target_in = target_batch["rgb"].to(device, non_blocking=True) if target_batch is not None else None
+            with autocast:
+                rgb_logits, rgb_features, target_logits, pace_logits = rgb_branch(rgb_in, target_in)
+                flow_logits = None
+                if flow is not None:
+                    flow_in = batch["flow"].to(device, non_blocking=True)
+                    if bank_active:  # L'_c: the flow of a class-c source sample comes from the bank of class c
+                        flow_in = bank.retrieve(labels, flow_in, rgb_features.detach().float().mean(-1), bank_rng)
+                    flow_logits = flow(flow_in)
+            l_loc = local_loss(rgb_logits, labels, cfg.clip_frames, cfg.loss_kind)
+            l_c = classification_loss(rgb_logits, flow_logits, labels, cfg.loss_kind)
+            l_vc = torch.zeros((), device=device)
+            if pace_logits is not None:
+                pace_labels = target_batch["pace_label"].to(device)
+                l_vc = pace_loss(pace_logits, pace_labels)
+                sums["pace_acc"] += float((pace_logits.argmax(1) == pace_labels).float().mean())
+            l_da = torch.zeros((), device=device)
+            if target_logits is not None and cfg.da != "none":
+                t_mean = target_logits.float().mean(-1)
+                l_da = (dan_mmd_loss(rgb_logits.float().mean(-1), t_mean) if cfg.da == "dan"
+                        else mcc_loss(t_mean) if cfg.da == "mcc" else bnm_loss(t_mean))
+            loss = total_loss(l_c, l_loc, l_vc, cfg.lambda1, cfg.lambda2) + cfg.lambda3 * l_da
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clamp:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.clamp_(-cfg.grad_clamp, cfg.grad_clamp)
+            optimizer.step()
+
+            n_steps += 1
+            n_clips += len(labels)
+            for k, v in (("loss", loss), ("loss_c", l_c), ("loss_loc", l_loc), ("loss_vc", l_vc), ("loss_da", l_da)):
+                sums[k] += float(v.detach())
+            sums["train_acc"] += float((rgb_logits.detach().float().mean(-1).argmax(1) == labels).float().mean())
+        scheduler.step()
+        row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
+        if not (parts["use_pace"] and target_on):
+            row["pace_acc"] = None
+
+        # 3) evaluate on the target videos (the next epoch's pseudo labels)
+        last = epoch == cfg.epochs - 1
+        needs_bank = bank is not None and epoch + 1 >= cfg.warmup_epochs
+        if last or needs_bank or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            last_eval = evaluate_target()
+            if labelled:
+                row["target_acc"] = float((last_eval["pred"] == target_labels).mean())
+        else:
+            last_eval = None
+        row["seconds"] = round(time.time() - t0, 2)
+        row["clips_per_s"] = round(n_clips * world_size / max(row["seconds"], 1e-9), 2)
+
+        # 4) materialise the epoch: metrics, then the checkpoint (its presence marks the epoch finished)
+        rows.append(row)
+        if master:
+            write_metrics(metrics_path, rows)
+            atomic_torch_save({
+                "rgb": _unwrap(rgb_branch).rgb.state_dict(),
+                "flow": _unwrap(flow).state_dict() if flow is not None else None,
+                "pace_head": pace_head.state_dict() if pace_head is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "num_classes": num_classes, "config": cfg.to_dict(), "rng": rng_states(),
+            }, ckpt_path)
+        if distributed:
+            dist.barrier()
+        if log and master:
+            acc = row.get("target_acc")
+            log(f"[{cfg.variant} seed {cfg.seed}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.3f} "
+                f"(c {row['loss_c']:.3f} loc {row['loss_loc']:.3f} vc {row['loss_vc']:.3f}) "
+                f"train acc {row['train_acc']:.3f} target acc {'-' if acc is None else f'{acc:.3f}'} "
+                f"bank {row.get('bank_size', '-')} {row['seconds']:.1f}s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
+            return {"stopped": True, "epochs_done": epoch + 1, "out_dir": str(out_dir)}
+
+    summary = {"variant": cfg.variant, "seed": cfg.seed, "epochs": cfg.epochs, "num_classes": num_classes,
+               "accuracy": (float((last_eval["pred"] == target_labels).mean()) if labelled and last_eval else None),
+               "out_dir": str(out_dir), "config": cfg.to_dict()}
+    if labelled and last_eval is not None:
+        summary.update({k: (v.tolist() if hasattr(v, "tolist") else v)
+                        for k, v in accuracy_summary(last_eval["pred"], target_labels, num_classes).items()
+                        if k == "per_class_accuracy"})
+    if master:
+        atomic_write_text(out_dir / "result.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _plain(v):
+    """Config values compared after a JSON round trip (tuples vs lists)."""
+    return json.loads(json.dumps(v))
+
+
+def load_checkpoint(path, device="cpu") -> dict:
+    """A training checkpoint, loaded safely (``weights_only=True``)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line (also the torchrun entry point)
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--source-frames", nargs="+", required=True)
+    p.add_argument("--target-frames", nargs="+", required=True)
+    p.add_argument("--source-flows", nargs="+")
+    p.add_argument("--target-flows", nargs="+")
+    p.add_argument("--benchmark", choices=sorted(PRESETS))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides (JSON values)")
+    args = p.parse_args(argv)
+    overrides = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
+    train(args.out_dir, args.source_frames, args.target_frames, args.source_flows, args.target_flows,
+          benchmark=args.benchmark, **overrides)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Helpers for tests that run Luigi stages against a temporary workdir and luigi.cfg."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import luigi
+from luigi.configuration import LuigiConfigParser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def use_config(path: Path, text: str) -> Path:
+    """Write a luigi.cfg and make it the active configuration (on top of the repository's)."""
+    path.write_text(text, encoding="utf-8")
+    os.environ["LUIGI_CONFIG_PATH"] = str(path)
+    LuigiConfigParser._instance = None  # re-read on next use
+    LuigiConfigParser._config_paths = [str(REPO / "luigi.cfg"), str(path)]
+    luigi.configuration.get_config().reload()
+    return path
+
+
+def reset_config() -> None:
+    os.environ.pop("LUIGI_CONFIG_PATH", None)
+    LuigiConfigParser._instance = None
+    LuigiConfigParser._config_paths = [str(REPO / "luigi.cfg")]
+    luigi.configuration.get_config().reload()
+
+
+def build(tasks, workers: int = 1) -> bool:
+    return luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING")
+
+
+def luigi_command(task: str, *args: str, config: Path, cwd: Path) -> list[str]:
+    """The command a user types, run with this interpreter's environment."""
+    exe = shutil.which("luigi", path=str(Path(sys.executable).parent)) or "luigi"
+    return [exe, "--module", "pipeline", task, *args, "--local-scheduler"]
+
+
+def run_luigi(task: str, *args: str, config: Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
+    return subprocess.run(luigi_command(task, *args, config=config, cwd=cwd), cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def real_target_tree(realdata: Path, root: Path) -> Path:
+    """The 13 real clips in the folder layout target/<dataset class>/<file>, plus nothing else."""
+    for clip in sorted((realdata / "videos").iterdir()):
+        cls = "ucf" if clip.suffix == ".avi" else "hmdb"
+        (root / "target" / cls).mkdir(parents=True, exist_ok=True)
+        os.symlink(clip, root / "target" / cls / clip.name)
+    (root / "source" / "ucf").mkdir(parents=True, exist_ok=True)
+    (root / "source" / "hmdb").mkdir(parents=True, exist_ok=True)
+    return root
