@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-FLOW_BOUND = 20.0
+from data.flow import FLOW_BOUND, dequantize_flow, quantize_flow  # the one definition of the convention
 
 # name -> (image format, OpenCV parameters). The store records the name in every file.
 FRAME_ENCODINGS = {
@@ -25,17 +25,6 @@ FLOW_ENCODINGS = {
 }
 DEFAULT_FRAME_ENCODING = "jpeg90"
 DEFAULT_FLOW_ENCODING = "jpeg95"
-
-
-def quantize_flow(flow: np.ndarray) -> np.ndarray:
-    """float flow -> uint8 with round((v + 20) * 255 / 40), values clipped to +-20 first."""
-    v = np.clip(np.asarray(flow, dtype=np.float32), -FLOW_BOUND, FLOW_BOUND)
-    return np.rint((v + FLOW_BOUND) * (255.0 / (2 * FLOW_BOUND))).astype(np.uint8)
-
-
-def dequantize_flow(q: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 flow in [-20, 20] (the inverse of quantize_flow up to half a step, 0.078 px)."""
-    return np.asarray(q, dtype=np.float32) * np.float32(2 * FLOW_BOUND / 255.0) - np.float32(FLOW_BOUND)
 
 
 def _encode(img: np.ndarray, encoding: str, table: dict) -> bytes:

@@ -11,3 +11,7 @@ class BadInputError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        # Rebuild from (path, reason) so the error crosses process boundaries (flow worker pool).
+        return (type(self), (self.path, self.reason))

@@ -216,6 +216,8 @@ def tvl1_flow(prev: np.ndarray, next: np.ndarray, backend: str = "opencv", *, tv
     if g0.shape != g1.shape:
         raise ValueError(f"prev and next differ in size: {g0.shape} vs {g1.shape}")
     if backend == "torch":
+        if tvl1 is not None:
+            raise TypeError("tvl1= is an OpenCV object; the torch backend takes parameters")
         return _torch_flows(g0[None], g1[None], resolve_tvl1_params(params), device)[0]
     if tvl1 is not None and params:
         raise TypeError("pass either an OpenCV object (tvl1=) or parameters, not both")
@@ -237,6 +239,8 @@ def video_flows(frames: np.ndarray, params: dict | None = None, backend: str = "
     if t < 2:
         return out
     if backend == "torch":
+        if tvl1 is not None:
+            raise TypeError("tvl1= is an OpenCV object; the torch backend takes parameters")
         p = resolve_tvl1_params(params)
         for s in range(0, t - 1, torch_batch):
             e = min(s + torch_batch, t - 1)
@@ -383,9 +387,10 @@ def map_video_flows(jobs: Iterable[tuple[Any, Any]], workers: int | None = None,
     worker dies yields FlowWorkerError and a fresh worker takes its place; the other items go on.
 
     start_method "spawn" (default) is safe whatever the caller holds (threads, CUDA, a Luigi task
-    process) and costs well under a second per worker; "fork" starts faster. Either way jobs travel
+    process) and costs about a second per worker; "fork" starts faster. Either way jobs travel
     pickled, so a loader must be importable by name (a module-level function or a partial of one,
     not a lambda); an unpicklable job yields its pickling error.
+    Arguments are checked at the call, before the first result is asked for.
     """
     _check_backend(backend)
     params = resolve_tvl1_params(params)
@@ -393,10 +398,11 @@ def map_video_flows(jobs: Iterable[tuple[Any, Any]], workers: int | None = None,
     if n < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if n == 0:
-        yield from _map_in_process(jobs, params, backend, device)
-        return
+        return _map_in_process(jobs, params, backend, device)
+    return _map_in_pool(jobs, n, params, backend, device, multiprocessing.get_context(start_method))
 
-    ctx = multiprocessing.get_context(start_method)
+
+def _map_in_pool(jobs, n, params, backend, device, ctx):
     start = functools.partial(_Worker, ctx, params, backend, device)
     pool: list[_Worker] = []
     idle: list[_Worker] = []

@@ -124,14 +124,14 @@ class SynConfig:
 # (view, period range in frames, still cue, video motion) -- the table the README quotes.
 CLASS_SPECS: dict[str, dict] = {
     "walk": {
-        "view": "side", "period": (18.0, 24.0), "speed": (0.0065, 0.0085), "lean": (0.0, 6.0),
-        "still": "side view, legs and arms in a stride; torso upright (lean 0-6 deg)",
+        "view": "side", "period": (18.0, 24.0), "speed": (0.0065, 0.0085), "lean": (0.0, 8.0),
+        "still": "side view, legs and arms in a stride; torso nearly upright (lean 0-8 deg)",
         "motion": "moves sideways (left or right, the way it faces) at 0.0065-0.0085 frame widths per "
                   "frame; gait cycle 18-24 frames",
     },
     "run": {
-        "view": "side", "period": (8.0, 10.0), "speed": (0.018, 0.022), "lean": (7.0, 13.0),
-        "still": "like walk (same stride, arms, proportions) except the torso leans forward 7-13 deg "
+        "view": "side", "period": (8.0, 10.0), "speed": (0.018, 0.022), "lean": (5.0, 13.0),
+        "still": "like walk (same stride, arms, proportions) except the torso leans forward 5-13 deg "
                  "-- the weak cue",
         "motion": "moves sideways the way it faces at 0.018-0.022 frame widths per frame (~2.6x walk); "
                   "gait cycle 8-10 frames (~2.3x walk's rate)",
@@ -287,7 +287,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple
     return out.reshape(shape[0], shape[1], channels)
 
 
-def _scene(rng: np.random.Generator, kind: str, H: int, W: int, margin: int) -> dict:
+def _scene(rng: np.random.Generator, style: dict, H: int, W: int, margin: int) -> dict:
     """The static background: colour (supersampled, with a camera-shake margin) and inverse depth.
 
     Geometry (both domains): a back wall (inverse depth 0.15-0.3, slightly tilted left-right) meeting a
@@ -305,12 +305,21 @@ def _scene(rng: np.random.Generator, kind: str, H: int, W: int, margin: int) -> 
     disp = np.where(Y < horizon, wall, wall + floor_gain * below).astype(np.float32)
     is_floor = (Y >= horizon)[..., None]
 
-    if kind == "indoor":
-        # Indoor, warm, smooth: pastel wall with soft blotches, wooden floor with perspective planks.
-        wall_rgb = _hsv(_u(rng, 15, 50), _u(rng, 0.15, 0.45), _u(rng, 0.72, 0.92))
-        floor_rgb = _hsv(_u(rng, 10, 32), _u(rng, 0.35, 0.6), _u(rng, 0.4, 0.65))
+    if style["kind"] == "indoor":
+        # Indoor, warm: pastel wall with soft blotches (and a wallpaper pattern in half of the scenes),
+        # wooden floor with perspective planks.
+        wall_rgb = _hsv(*(_u(rng, *r) for r in style["top"]))
+        floor_rgb = _hsv(*(_u(rng, *r) for r in style["bottom"]))
         tex = 1.0 + 0.07 * _smooth_noise(rng, (Hs, Ws), (5, 5), 1)
         img = np.where(is_floor, floor_rgb, wall_rgb) * tex
+        if rng.random() < 0.5:  # wallpaper: diagonal stripes or a grid of dots
+            period, angle = _u(rng, 5.0, 9.0) / W, math.radians(45.0 if rng.random() < 0.5 else 135.0)
+            a = 2 * np.pi / period
+            if rng.random() < 0.5:
+                pattern = 0.5 + 0.5 * np.cos(a * (X * math.cos(angle) + Y * math.sin(angle)))
+            else:
+                pattern = ((np.cos(a * X) > 0.6) & (np.cos(a * Y) > 0.6)).astype(np.float32)
+            img = np.where(is_floor, img, img * (1.0 - style["wallpaper"] * pattern[..., None]))
         if rng.random() < 0.5:  # a dado rail
             y0 = horizon - _u(rng, 0.1, 0.2)
             img = np.where(((Y > y0) & (Y < y0 + 0.03))[..., None], img * 0.8, img)
@@ -322,16 +331,16 @@ def _scene(rng: np.random.Generator, kind: str, H: int, W: int, margin: int) -> 
         img = np.where((is_floor[..., 0] & line)[..., None], img * 0.75, img)
     else:
         # Outdoor, cool, busy: foliage or fence above a gravel or grass ground, high-frequency texture.
-        top_rgb = _hsv(_u(rng, 80, 220), _u(rng, 0.2, 0.5), _u(rng, 0.35, 0.65))
-        ground_rgb = _hsv(_u(rng, 50, 130), _u(rng, 0.15, 0.45), _u(rng, 0.3, 0.55))
+        top_rgb = _hsv(*(_u(rng, *r) for r in style["top"]))
+        ground_rgb = _hsv(*(_u(rng, *r) for r in style["bottom"]))
         fine = rng.uniform(-1, 1, (H + 2 * margin // _SS + 2, W + 2 * margin // _SS + 2, 1)).astype(np.float32)
         fine = cv2.resize(fine, (Ws, Hs), interpolation=cv2.INTER_LINEAR)[..., None]
         blobs = _smooth_noise(rng, (Hs, Ws), (12, 12), 1)
-        img = np.where(is_floor, ground_rgb, top_rgb) * (1.0 + 0.10 * fine + 0.08 * blobs)
+        img = np.where(is_floor, ground_rgb, top_rgb) * (1.0 + style["fine"] * fine + style["blobs"] * blobs)
         if rng.random() < 0.5:  # fence / bricks: vertical stripes on the upper part
             period = _u(rng, 3.0, 6.0) / W
             stripes = 0.5 + 0.5 * np.cos(2 * np.pi * X / period + _u(rng, 0, 2 * np.pi))
-            img = np.where(is_floor, img, img * (1.0 - 0.10 * stripes[..., None]))
+            img = np.where(is_floor, img, img * (1.0 - style["stripes"] * stripes[..., None]))
     gradient = 1.0 + _u(rng, -0.15, 0.15) * (Y - 0.5)
     img = np.clip(img * gradient[..., None], 0.0, 1.0).astype(np.float32)
     return {"rgb": img, "disp": disp, "horizon": horizon, "wall_disp": wall_disp,
@@ -339,30 +348,38 @@ def _scene(rng: np.random.Generator, kind: str, H: int, W: int, margin: int) -> 
 
 
 def _figure_colors(rng: np.random.Generator, kind: str, scene_rgb: np.ndarray) -> dict:
+    """Clothing and skin. In both domains the clothes are darker than the scene behind three times in
+    four and lighter otherwise, with a clear brightness contrast (so only hue, saturation and the
+    scene's look change between the domains, not which way the figure stands out)."""
     skin = [(0.96, 0.8, 0.69), (0.87, 0.67, 0.5), (0.66, 0.46, 0.32), (0.42, 0.28, 0.2)]
     skin_rgb = np.array(skin[int(rng.integers(0, len(skin)))], np.float32) * _u(rng, 0.92, 1.05)
-    if kind == "saturated":
-        shirt = _hsv(_u(rng, 0, 360), _u(rng, 0.6, 0.95), _u(rng, 0.45, 0.85))
-        pants = _hsv(_u(rng, 0, 360), _u(rng, 0.1, 0.5), _u(rng, 0.15, 0.4))
-    else:
-        # Desaturated clothing whose brightness is set against the background (light on dark or dark on
-        # light), so the figure stays visible on the busier, mid-grey target scenes.
-        bg_v = float(scene_rgb.max(axis=2).mean())
-        light = bg_v < 0.5 if rng.random() < 0.8 else bg_v >= 0.5
-        v_shirt = _u(rng, 0.78, 0.95) if light else _u(rng, 0.08, 0.22)
-        v_pants = _u(rng, 0.08, 0.22) if light else _u(rng, 0.7, 0.9)
-        shirt = _hsv(_u(rng, 0, 360), _u(rng, 0.2, 0.5), v_shirt)
-        pants = _hsv(_u(rng, 0, 360), _u(rng, 0.1, 0.35), v_pants)
+    bg_v = float(scene_rgb.max(axis=2).mean())
+    dark = rng.random() < 0.75
+    contrast = _u(rng, 0.25, 0.5)
+    if (dark and bg_v - contrast < 0.05) or (not dark and bg_v + contrast > 0.97):
+        dark = not dark
+    v_shirt = float(np.clip(bg_v - contrast if dark else bg_v + contrast, 0.05, 0.97))
+    v_pants = float(np.clip(v_shirt + _u(rng, -0.15, 0.15), 0.05, 0.97))
+    sat = (0.55, 0.95) if kind == "saturated" else (0.1, 0.4)
+    shirt = _hsv(_u(rng, 0, 360), _u(rng, *sat), v_shirt)
+    pants = _hsv(_u(rng, 0, 360), _u(rng, sat[0] * 0.5, sat[1] * 0.6), v_pants)
     return {"skin": np.clip(skin_rgb, 0, 1), "shirt": shirt, "pants": pants}
 
 
 # The two domains' looks. Camera: per-channel colour cast (gain 1 +- cast), contrast, gamma, Gaussian
 # blur sigma (output pixels) and per-frame Gaussian noise sigma (grey levels), each drawn per video.
 _STYLES = {
-    _SOURCE: {"scene": "indoor", "clothing": "saturated", "figure_height": (0.6, 0.78), "camera": None},
-    _TARGET: {"scene": "outdoor", "clothing": "muted", "figure_height": (0.52, 0.7),
-              "camera": {"cast": 0.15, "contrast": (0.75, 0.95), "gamma": (0.8, 1.25), "blur": (0.4, 0.8),
-                         "noise": (2.0, 5.0)}},
+    _SOURCE: {"scene": {"kind": "indoor", "top": ((15, 50), (0.15, 0.45), (0.55, 0.92)),
+                        "bottom": ((10, 32), (0.35, 0.6), (0.4, 0.65)), "wallpaper": 0.08},
+              "clothing": "saturated",
+              "figure_height": (0.6, 0.78), "camera": None},
+    _TARGET: {"scene": {"kind": "outdoor", "top": ((80, 220), (0.2, 0.5), (0.5, 0.85)),
+                        "bottom": ((50, 130), (0.15, 0.45), (0.4, 0.65)), "fine": 0.04, "blobs": 0.06,
+                        "stripes": 0.06},
+              "clothing": "muted",
+              "figure_height": (0.52, 0.7),
+              "camera": {"cast": 0.1, "contrast": (0.8, 1.0), "gamma": (0.9, 1.1), "blur": (0.3, 0.6),
+                         "noise": (1.0, 3.0)}},
 }
 
 
@@ -640,8 +657,9 @@ def syn_properties() -> list[str]:
         "class identity in the stills: the pose; in the target videos: the motion (direction, speed and "
         "rhythm of the body and limbs) as well as the pose",
         "weak-cue pair walk/run: their stills come from the same pose distribution except the torso "
-        "lean (walk 0-6 deg, run 7-13 deg); in the videos run moves ~2.6x faster and swings its limbs "
-        "~2.3x faster than walk",
+        "lean (uniform: walk 0-8 deg, run 5-13 deg; the ranges overlap, so even a perfect reader of the "
+        "lean tells them apart in at most 81% of stills); in the videos run moves ~2.6x faster and swings "
+        "its limbs ~2.3x faster than walk",
         "appearance shift source -> target: warm indoor scenes with smooth texture and saturated "
         "clothing -> cool outdoor scenes with high-frequency texture (and vertical stripes in half of "
         "them) and desaturated clothing; smaller figures (0.42-0.56 vs 0.50-0.64 of the frame height); "

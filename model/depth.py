@@ -156,11 +156,13 @@ def prepare_input(variant: MidasVariant | str, image: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _rel_pos_index_cached(window: tuple[int, int], device: torch.device) -> torch.Tensor:
     wh, ww = window
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    cpu = torch.device("cpu")  # explicit: callers may be inside a `with torch.device("meta")` block
+    coords = torch.stack(torch.meshgrid(torch.arange(wh, device=cpu), torch.arange(ww, device=cpu),
+                                        indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]                     # 2, N, N
     index = (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)     # row-major in a (2wh-1, 2ww-1) table
     num_table = (2 * wh - 1) * (2 * ww - 1)
-    full = torch.empty((wh * ww + 1, wh * ww + 1), dtype=torch.long)
+    full = torch.empty((wh * ww + 1, wh * ww + 1), dtype=torch.long, device=cpu)
     full[1:, 1:] = index
     full[0, :] = num_table          # cls -> token
     full[:, 0] = num_table + 1      # token -> cls
@@ -171,13 +173,14 @@ def _rel_pos_index_cached(window: tuple[int, int], device: torch.device) -> torc
 def beit_relative_position_index(window: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
     """BEiT's (N+1)x(N+1) index into the relative position table for a ``window`` = (h, w) patch grid, N = h*w;
     the last three table rows are cls->token, token->cls and cls->cls."""
-    return _rel_pos_index_cached((int(window[0]), int(window[1])), torch.device(device))
+    return _rel_pos_index_cached((int(window[0]), int(window[1])), torch.device(device)).clone()
 
 
 def interpolate_rel_pos_table(table: torch.Tensor, old_window: tuple[int, int],
                               new_window: tuple[int, int]) -> torch.Tensor:
     """MiDaS's rule: the (2h-1)x(2w-1) part of a BEiT relative position table is resized bilinearly
-    (align_corners=False) to the new window; the three cls rows are kept."""
+    (align_corners=False) to the new window; the three cls rows are kept. (MiDaS reshapes the old part as
+    (2w-1, 2h-1), the same thing for its square native windows; (2h-1, 2w-1) is BEiT's own layout.)"""
     if tuple(old_window) == tuple(new_window):
         return table
     old_h, old_w = 2 * old_window[0] - 1, 2 * old_window[1] - 1
@@ -194,7 +197,7 @@ def _beit_attention(attn: nn.Module, x: torch.Tensor, window: tuple[int, int]) -
     qkv = F.linear(x, attn.qkv.weight, qkv_bias).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     table = interpolate_rel_pos_table(attn.relative_position_bias_table, attn.window_size, window)
-    index = beit_relative_position_index(window, x.device)
+    index = _rel_pos_index_cached(tuple(window), x.device)
     bias = table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
     return attn.proj(out.transpose(1, 2).reshape(b, n, -1))
@@ -284,13 +287,17 @@ class BeitBackbone(nn.Module):
 
 
 def _beit_add_index_keys(module, state_dict, prefix, local_metadata):
-    """Emit ``blocks.N.attn.relative_position_index`` after each table, as timm 0.6 checkpoints do."""
+    """Emit ``blocks.N.attn.relative_position_index`` after each table, as timm 0.6 checkpoints do (one tensor
+    shared by all blocks, so a saved file holds it once)."""
+    indices = {}
     for key, value in _pop_prefixed(state_dict, prefix):
         state_dict[prefix + key] = value
         found = re.fullmatch(r"blocks\.(\d+)\.attn\.relative_position_bias_table", key)
         if found:
-            window = module.blocks[int(found.group(1))].attn.window_size
-            state_dict[prefix + key.replace("bias_table", "index")] = beit_relative_position_index(window)
+            window = tuple(module.blocks[int(found.group(1))].attn.window_size)
+            if window not in indices:
+                indices[window] = beit_relative_position_index(window)
+            state_dict[prefix + key.replace("bias_table", "index")] = indices[window]
 
 
 def _beit_check_index_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs):
@@ -301,7 +308,7 @@ def _beit_check_index_keys(module, state_dict, prefix, local_metadata, strict, m
             continue
         given = state_dict.pop(key)
         window = tuple(block.attn.window_size)
-        expected = beit_relative_position_index(window)
+        expected = _rel_pos_index_cached(window, torch.device("cpu"))
         if tuple(given.shape) != tuple(expected.shape) or not torch.equal(given.detach().cpu().long(), expected):
             error_msgs.append(f"{key}: shape {list(given.shape)} differs from the BEiT relative position index "
                               f"for a {window[0]}x{window[1]} window ({list(expected.shape)}) or its values do")

@@ -527,6 +527,8 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
         if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
             return {"stopped": True, "epochs_done": epoch + 1, "out_dir": str(out_dir)}
 
+    if last_eval is None:  # resumed after the last checkpoint but before result.json was written
+        last_eval = evaluate_target()
     summary = {"variant": cfg.variant, "seed": cfg.seed, "epochs": cfg.epochs, "num_classes": num_classes,
                "accuracy": (float((last_eval["pred"] == target_labels).mean()) if labelled and last_eval else None),
                "out_dir": str(out_dir), "config": cfg.to_dict()}

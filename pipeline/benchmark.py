@@ -43,6 +43,9 @@ class RunBenchmark(Stage):
 
     variants = luigi.Parameter(default="", description="comma-separated; empty = [benchmark.<name>] variants")
     seeds = luigi.Parameter(default="", description="comma-separated; empty = [benchmark.<name>] seeds")
+    aggregation = luigi.Parameter(default="", description="memory-bank retrieval mode for every run (Table 3)")
+    da = luigi.Parameter(default="", description="DA add-on for every run (Table 4): none, dan, mcc, bnm")
+    lambda3 = luigi.FloatParameter(default=-1.0, description="DA add-on weight (-1: from the preset)")
 
     def variant_list(self) -> list[str]:
         return _csv_list(self.variants or benchmark_setting(self.benchmark, "variants", "SO_RGB,SO_RGB_FLOW,"
@@ -54,7 +57,8 @@ class RunBenchmark(Stage):
     def requires(self):
         from pipeline.train import Evaluate
 
-        return {(v, s): Evaluate(benchmark=self.benchmark, variant=v, seed=s)
+        return {(v, s): Evaluate(benchmark=self.benchmark, variant=v, seed=s, aggregation=self.aggregation,
+                                 da=self.da, lambda3=self.lambda3)
                 for v in self.variant_list() for s in self.seed_list()}
 
     def key_material(self) -> dict:
@@ -66,12 +70,13 @@ class RunBenchmark(Stage):
         return luigi.LocalTarget(str(self.output_dir() / "report.md"))
 
     def run(self) -> None:
-        from model.report import write_benchmark_report
+        from model.report import write_report
+        from pipeline.settings import resolve_benchmark
 
-        runs = {f"{v}/seed{s}": Path(task.output().path).parent for (v, s), task in self.requires().items()}
+        eval_dirs = [task.output_dir() for task in self.requires().values()]
         out = self.output_dir()
         self.write_params_file()
-        write_benchmark_report(self.benchmark, runs, out)
+        write_report(eval_dirs, out, benchmark=self.benchmark, class_names=resolve_benchmark(self.benchmark).classes)
         latest = out.parent.parent.parent / "reports" / self.benchmark
         latest.parent.mkdir(parents=True, exist_ok=True)
         tmp = latest.with_name(f".{latest.name}.tmp")

@@ -10,7 +10,22 @@ import os
 from pathlib import Path
 
 import luigi
-from luigi.configuration import get_config
+from luigi.configuration import LuigiConfigParser, get_config
+
+# The repository's luigi.cfg documents every default; it is read first, so running luigi from any directory
+# (or with only $LUIGI_CONFIG_PATH) still gets them, and ./luigi.cfg or $LUIGI_CONFIG_PATH override it.
+DEFAULTS_FILE = str(Path(__file__).resolve().parents[1] / "luigi.cfg")
+
+
+def _install_default_config() -> None:
+    paths = LuigiConfigParser._config_paths
+    if DEFAULTS_FILE not in paths:
+        paths.insert(0, DEFAULTS_FILE)
+        if LuigiConfigParser._instance is not None:
+            LuigiConfigParser.reload()
+
+
+_install_default_config()
 
 
 class paths(luigi.Config):

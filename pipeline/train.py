@@ -5,7 +5,6 @@ so a killed Train resumes at its last finished epoch; the task is complete when 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import luigi
@@ -13,16 +12,19 @@ import luigi
 from pipeline.base import Stage, write_json_atomic
 from pipeline.benchmark import data_stages
 from pipeline.device import gpu_resources, stage_device
-from pipeline.settings import benchmark_setting, require_path
+from pipeline.settings import benchmark_setting, require_path, resolve_benchmark
 
-# luigi.cfg keys of [benchmark.<name>] that override the training preset.
+# luigi.cfg keys of [benchmark.<name>] that override the training preset (model/trainer.py PRESETS).
 TRAIN_OVERRIDES = {"lr": float, "batch_size": int, "epochs": int, "lambda1": float, "lambda2": float,
                    "lambda3": float, "warmup_epochs": int, "bank_size": int, "num_paces": int,
-                   "aggregation": str, "da": str, "loss_kind": str, "amp": bool, "num_workers": int}
+                   "aggregation": str, "da": str, "loss_kind": str, "amp": bool, "num_workers": int,
+                   "crop_size": int, "width_mult": float, "eval_batch_size": int}
+# Fields that do not change the result of a run (where it runs, how fast); left out of the output key.
+RUN_ONLY_FIELDS = {"device", "num_workers", "threads", "eval_batch_size", "rgb_weights", "flow_weights"}
 
 
-def training_config(benchmark: str, variant: str, seed: int) -> dict:
-    """The full training configuration: preset of the benchmark, then luigi.cfg overrides, then variant."""
+def training_config(benchmark: str, variant: str, seed: int, **extra):
+    """The full TrainConfig: preset of the benchmark, then luigi.cfg overrides, then the task's parameters."""
     from model.trainer import make_config
 
     overrides = {}
@@ -30,8 +32,9 @@ def training_config(benchmark: str, variant: str, seed: int) -> dict:
         value = benchmark_setting(benchmark, key, None, cast)
         if value is not None:
             overrides[key] = value
+    overrides.update({k: v for k, v in extra.items() if v not in ("", None)})
     preset = benchmark_setting(benchmark, "train_preset", benchmark)
-    return make_config(preset=preset, variant=variant, seed=seed, **overrides)
+    return make_config(benchmark=preset, variant=variant, seed=seed, **overrides)
 
 
 def store_paths(tasks) -> list[str]:
@@ -44,11 +47,19 @@ class Train(Stage):
 
     variant = luigi.Parameter(default="FULL", description="SO_RGB, SO_RGB_FLOW, SO_RGB_FLOW_CFB or FULL")
     seed = luigi.IntParameter(default=0)
-    key_params = ("variant", "seed", "config")
+    aggregation = luigi.Parameter(default="", description="memory-bank retrieval (Table 3): random, mean, "
+                                  "simw_sum, simw_mean_top5, simw_sum_top5, simw_top1, simw_random_top5")
+    da = luigi.Parameter(default="", description="DA add-on (Table 4): none, dan, mcc, bnm")
+    lambda3 = luigi.FloatParameter(default=-1.0, description="weight of the DA add-on (-1: from the preset)")
+    key_params = ("config",)
+
+    def train_config(self):
+        return training_config(self.benchmark, self.variant, self.seed, aggregation=self.aggregation, da=self.da,
+                               lambda3=None if self.lambda3 < 0 else self.lambda3)
 
     @property
     def config(self) -> dict:
-        return training_config(self.benchmark, self.variant, self.seed)
+        return {k: v for k, v in self.train_config().to_dict().items() if k not in RUN_ONLY_FIELDS}
 
     @property
     def resources(self):
@@ -60,57 +71,63 @@ class Train(Stage):
     def output(self):
         return luigi.LocalTarget(str(self.output_dir() / "training.json"))
 
-    def weights(self) -> dict:
-        if self.config.get("init") == "random":
+    def weights(self, cfg) -> dict:
+        """Kinetics checkpoints from luigi.cfg; checked before any work so a missing file stops at once."""
+        if cfg.init == "random":
             return {}
-        what = "Kinetics-pretrained I3D weights ({} stream: pytorch-i3d {})"
-        return {"rgb": str(require_path(self.benchmark, "rgb_weights", what.format("RGB", "rgb_imagenet.pt"))),
-                "flow": str(require_path(self.benchmark, "flow_weights", what.format("flow", "flow_imagenet.pt")))}
+        what = "Kinetics-pretrained I3D weights ({} stream, pytorch-i3d `{}`)"
+        return {"rgb_weights": str(require_path(self.benchmark, "rgb_weights", what.format("RGB", "rgb_imagenet.pt"))),
+                "flow_weights": str(require_path(self.benchmark, "flow_weights",
+                                                 what.format("flow", "flow_imagenet.pt")))}
 
     def run(self) -> None:
-        from model.trainer import TrainData, train
+        from model.trainer import train
 
+        cfg = self.train_config()
+        weights = self.weights(cfg)
         stages = self.requires()
         self.write_params_file()
-        data = TrainData(source_frames=store_paths(stages["source_frames"]),
-                         source_flows=store_paths(stages["source_flows"]),
-                         target_frames=store_paths(stages["target_frames"]),
-                         target_flows=store_paths(stages["target_flows"]))
 
-        def on_epoch(epoch: int, epochs: int, metrics: dict) -> None:
-            self.set_progress_percentage(round(100.0 * epoch / epochs, 1))
-            self.set_status_message(f"epoch {epoch}/{epochs}: " + ", ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        def on_epoch_end(epoch: int, row: dict) -> None:
+            self.progress(epoch, cfg.epochs, f"epoch {epoch}/{cfg.epochs}: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
 
-        result = train(self.config, data, self.output_dir(), device=stage_device(self.benchmark),
-                       weights=self.weights(), on_epoch=on_epoch)
+        result = train(self.output_dir(), source_frames=store_paths(stages["source_frames"]),
+                       target_frames=store_paths(stages["target_frames"]),
+                       source_flows=store_paths(stages["source_flows"]),
+                       target_flows=store_paths(stages["target_flows"]), config=cfg,
+                       device=stage_device(self.benchmark), on_epoch_end=on_epoch_end, **weights)
         write_json_atomic(Path(self.output().path), result)
 
 
 class Evaluate(Stage):
-    """Per-video predictions and accuracy of a finished Train run on the target videos (JSON)."""
+    """Per-video predictions (CSV), accuracy, per-class accuracy and confusion (metrics.json) and features
+    for the t-SNE figure of a finished Train run on the target videos."""
 
     variant = luigi.Parameter(default="FULL")
     seed = luigi.IntParameter(default=0)
+    aggregation = luigi.Parameter(default="")
+    da = luigi.Parameter(default="")
+    lambda3 = luigi.FloatParameter(default=-1.0)
 
     @property
     def resources(self):
         return gpu_resources(self.benchmark)
 
     def requires(self):
-        return Train(benchmark=self.benchmark, variant=self.variant, seed=self.seed)
+        return Train(benchmark=self.benchmark, variant=self.variant, seed=self.seed, aggregation=self.aggregation,
+                     da=self.da, lambda3=self.lambda3)
 
     def output(self):
-        return luigi.LocalTarget(str(self.output_dir() / "predictions.json"))
+        return luigi.LocalTarget(str(self.output_dir() / "metrics.json"))
 
     def run(self) -> None:
         from model.evaluate import evaluate_run
 
-        train_task = self.requires()
         stages = data_stages(self.benchmark)
         self.write_params_file()
-        evaluate_run(Path(train_task.output_dir()),
+        evaluate_run(self.requires().output_dir(), target_frames=store_paths(stages["target_frames"]),
+                     target_flows=store_paths(stages["target_flows"]), out_dir=self.output_dir(),
                      source_frames=store_paths(stages["source_frames"]),
-                     target_frames=store_paths(stages["target_frames"]),
-                     target_flows=store_paths(stages["target_flows"]),
-                     out_dir=self.output_dir(), device=stage_device(self.benchmark))
+                     device=stage_device(self.benchmark),
+                     class_names=resolve_benchmark(self.benchmark).classes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -29,8 +30,7 @@ from model.depth import (
     prepare_input,
 )
 
-REFERENCE_KEYS = json.loads(
-    (Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "midas_state_dict_keys.json").read_text())
+REFERENCE_JSON = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "midas_state_dict_keys.json"
 CHECKED = ["dpt_beit_large_512", "dpt_beit_base_384", "dpt_swin2_tiny_256"]
 
 
@@ -54,6 +54,13 @@ def swin2_tiny():
 
 
 @functools.lru_cache(maxsize=None)
+def reference_keys() -> dict[str, dict[str, list[int]]]:
+    """Every key and shape of the official checkpoints (timm 0.6.13 layout), from ../shared/reference."""
+    if not REFERENCE_JSON.is_file():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"missing {REFERENCE_JSON}")
+    return json.loads(REFERENCE_JSON.read_text())
+
+
 def _timm_skeleton(name: str, **kwargs):
     """A timm model with uninitialised weights and its derived buffers computed (skips timm's slow init)."""
     with torch.device("meta"):
@@ -89,7 +96,7 @@ def _reference_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 @functools.lru_cache(maxsize=None)
 def _cached_reference_state_dict(name: str) -> dict[str, torch.Tensor]:
-    shapes = REFERENCE_KEYS[name]
+    shapes = reference_keys()[name]
     sd = {k: torch.full((1,), 0.5).expand(shape) for k, shape in shapes.items()}
     v = MIDAS_VARIANTS[name]
     if v.family == "beit":
@@ -109,7 +116,7 @@ def _cached_reference_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", CHECKED)
 def test_variant_row_agrees_with_reference_checkpoint(name):
-    v, ref = MIDAS_VARIANTS[name], REFERENCE_KEYS[name]
+    v, ref = MIDAS_VARIANTS[name], reference_keys()[name]
     assert [ref[f"scratch.layer{k}_rn.weight"][1] for k in range(1, 5)] == list(v.features)
     assert ref["scratch.layer1_rn.weight"][0] == v.fusion_features
     assert v.mean == v.std == (0.5, 0.5, 0.5) and v.resize_method == "minimal"
@@ -132,7 +139,7 @@ def test_state_dict_names_and_shapes_equal_the_official_checkpoint(name):
     with torch.device("meta"):
         model = MidasDPT(name)
     ours = [(k, list(t.shape)) for k, t in model.state_dict().items()]
-    assert ours == list(REFERENCE_KEYS[name].items())
+    assert ours == list(reference_keys()[name].items())
 
 
 @pytest.mark.parametrize("name", CHECKED)
@@ -306,18 +313,21 @@ def test_beit_matches_official_computation(beit_base, hw):
     _assert_close(depth, ref_depth)
 
 
-def test_swin2_matches_timm_stage_outputs_and_functional_head(swin2_tiny):
+def test_swin2_hooks_match_timm_stage_outputs(swin2_tiny):
+    """Swin-V2 needs no patching: the hooked features must equal timm's own stage outputs for the same weights,
+    converted from the official layout by timm's own filter. (The DPT head they feed is checked above; running it
+    at 256x256 would triple this file's CPU time.)"""
     p = swin2_tiny.state_dict()
     swin = _timm_skeleton("swinv2_tiny_window16_256")
     backbone = {k[len("pretrained.model."):]: t for k, t in p.items() if k.startswith("pretrained.model.")}
-    swin.load_state_dict(timm_swin2_filter(backbone, swin))  # timm's own conversion of timm 0.6 checkpoints
+    swin.load_state_dict(timm_swin2_filter(backbone, swin))
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ref_feats = swin.forward_intermediates(x, indices=[0, 1, 2, 3], intermediates_only=True)
-        ref_depth = reference_dpt_head(p, ref_feats)
-        depth = swin2_tiny(x)
-    assert depth.shape == (1, 256, 256)
-    _assert_close(depth, ref_depth)
+        feats = swin2_tiny.pretrained(x)
+    assert [f.shape[1:] for f in feats] == [(c, 64 // 2 ** k, 64 // 2 ** k) for k, c in enumerate((96, 192, 384, 768))]
+    for ours, ref in zip(feats, ref_feats):
+        _assert_close(ours, ref)
 
 
 def test_rel_pos_table_interpolation_is_midas_rule():
@@ -351,10 +361,11 @@ def test_batch_groups_equal_network_sizes_and_keeps_order(small_beit):
     images = [rng.integers(0, 256, hw + (3,), dtype=np.uint8) for hw in [(48, 64), (70, 50), (48, 64), (50, 66)]]
     assert len({network_input_size(small_beit.variant, *im.shape[:2]) for im in images}) == 2
     batched = predict_inverse_depth_batch(small_beit, images, batch_size=2)
-    for image, depth in zip(images, batched):
-        assert depth.shape == image.shape[:2] and depth.dtype == np.float32
-        np.testing.assert_allclose(depth, predict_inverse_depth(small_beit, image), rtol=1e-4,
-                                   atol=1e-4 * np.abs(depth).max())
+    assert [d.shape for d in batched] == [im.shape[:2] for im in images]
+    assert all(d.dtype == np.float32 for d in batched)
+    for i in (1, 3):  # one image of each group; the (64, 64) group ran as two batches
+        single = predict_inverse_depth(small_beit, images[i])
+        np.testing.assert_allclose(batched[i], single, rtol=1e-4, atol=1e-4 * np.abs(single).max())
 
 
 def test_predict_rejects_non_rgb_input(small_beit):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -23,8 +24,7 @@ from PIL import Image
 
 from data import flow as F
 from data.errors import BadInputError
-
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from tests.conftest import REALDATA, manifest_frame_counts, require_realdata
 PAIRS = REALDATA / "flow_pairs"
 VIDEOS = REALDATA / "videos"
 FORMAT_SAMPLE = REALDATA / "tvl1_format_sample"
@@ -35,6 +35,7 @@ STEP = 40.0 / 255.0  # one quantisation level in px
 
 
 def _need(path: Path) -> None:
+    require_realdata()
     if not path.exists():
         msg = f"real test data missing: {path}"
         if os.environ.get("CI"):
@@ -74,16 +75,6 @@ def half_flows(half_pairs):
 def sample_frames():
     _need(FORMAT_SAMPLE)
     return np.stack([_rgb(FORMAT_SAMPLE / f"img_{i:05d}.jpg") for i in range(1, 7)])
-
-
-def _manifest_frame_counts() -> dict[str, int]:
-    """file name -> decoded frame count, from the table in realdata/MANIFEST.md."""
-    counts = {}
-    for line in (REALDATA / "MANIFEST.md").read_text().splitlines():
-        m = re.match(r"^\|\s*(\S+\.(?:mp4|avi))\s*\|[^|]*\|\s*(\d+)\s*\|", line)
-        if m:
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 # ------------------------------------------------------------------------------------------ parameters
@@ -267,7 +258,7 @@ def _decode(path: Path, short_side: int) -> np.ndarray:
 def test_every_real_clip_gives_frames_minus_one_flows_through_the_pool():
     """All clips of realdata/videos, decoded inside two spawned workers (short side 64, QUICK params)."""
     _need(VIDEOS)
-    counts = _manifest_frame_counts()
+    counts = manifest_frame_counts(REALDATA)
     paths = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
     assert len(paths) == len(counts) == 13
     jobs = [(p.name, functools.partial(_decode, p, 64)) for p in paths]
@@ -302,6 +293,7 @@ def test_pool_reports_bad_items_and_keeps_the_good_ones(half_pairs):
     assert isinstance(results["missing_file"], (BadInputError, OSError, ValueError))
     assert isinstance(results["worker_dies"], F.FlowWorkerError)
     assert isinstance(results["unpicklable"], Exception)
+    assert not multiprocessing.active_children()  # every worker was stopped
 
 
 def test_pool_with_zero_workers_runs_in_process(half_pairs):
@@ -310,6 +302,10 @@ def test_pool_with_zero_workers_runs_in_process(half_pairs):
     np.testing.assert_array_equal(results["a"], F.video_flows(clip, QUICK))
     assert isinstance(results["b"], TypeError)
     assert F.video_flows(clip[:1], QUICK).shape == (0,) + clip.shape[1:3] + (2,)
+    with pytest.raises(ValueError, match="backend"):  # checked at the call, not at the first result
+        F.map_video_flows([], backend="cuda")
+    with pytest.raises(TypeError, match="unknown"):
+        F.map_video_flows([], params={"iterations": 3})
 
 
 # ------------------------------------------------------------------------------------- torch dispatch
@@ -334,3 +330,17 @@ def test_torch_backend_calls_the_batched_function_with_a_batch_of_one(monkeypatc
     calls.clear()
     assert F.video_flows(np.zeros((5, 6, 7, 3), np.uint8), backend="torch", torch_batch=3).shape == (4, 6, 7, 2)
     assert [c[0] for c in calls] == [(3, 6, 7), (1, 6, 7)]
+
+
+def test_torch_backend_runs_the_real_batched_implementation():
+    """End to end through data/tvl1_torch.py on CPU (tiny frames, QUICK parameters)."""
+    pytest.importorskip("torch")
+    tvl1_torch = pytest.importorskip("data.tvl1_torch")
+    assert callable(tvl1_torch.tvl1_flow_batch)
+    rng = np.random.default_rng(0)
+    a = cv2.GaussianBlur((rng.random((40, 48)) * 255).astype(np.uint8), (5, 5), 1.5)
+    b = np.roll(a, 1, axis=1)
+    fl = F.tvl1_flow(a, b, backend="torch", device="cpu", **QUICK)
+    assert fl.shape == (40, 48, 2) and fl.dtype == np.float32
+    assert np.isfinite(fl).all() and np.abs(fl).max() <= 20
+    assert F.video_flows(np.stack([a, b, a]), QUICK, backend="torch", device="cpu").shape == (2, 40, 48, 2)

@@ -1,0 +1,103 @@
+"""The Category-aware Flow Memory Bank: membership, retrieval modes (Table 3), empty classes, snapshots."""
+import numpy as np
+import pytest
+import torch
+
+from model.memory_bank import AGGREGATIONS, FlowMemoryBank, read_bank_snapshot, write_bank_snapshot
+
+SHAPE = (2, 4, 3, 3)  # 2 x T x H x W
+
+
+def _bank(aggregation="random", capacity=2):
+    # 7 targets: class 0 has 4 (conf .9 .5 .7 .1), class 1 has 3 (conf .8 .6 .95), class 2 none
+    labels = np.array([0, 0, 1, 0, 1, 0, 1])
+    conf = np.array([0.9, 0.5, 0.8, 0.7, 0.6, 0.1, 0.95], np.float32)
+    feats = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    bank = FlowMemoryBank(num_classes=3, capacity=capacity, aggregation=aggregation)
+    bank.refresh(labels, conf, feats)
+    members = bank.member_indices()
+    bank.set_flows(members, [torch.full(SHAPE, float(i)) for i in members])  # clip i is filled with i
+    return bank, feats
+
+
+def test_bank_keeps_the_n_most_confident_per_class():
+    bank, _ = _bank(capacity=2)
+    assert bank.members[0].tolist() == [0, 3]
+    assert bank.members[1].tolist() == [6, 2]
+    assert bank.members[2].tolist() == []
+    assert bank.size == 4
+    assert bank.class_sizes().tolist() == [2, 2, 0]
+    assert bank.in_bank().tolist() == [True, False, True, True, False, False, True]
+
+
+def test_snapshot_round_trips_through_hdf5(tmp_path):
+    bank, _ = _bank()
+    snap = bank.snapshot([f"v{i}" for i in range(7)], target_labels=[0, 0, 1, 1, 1, 0, 1])
+    write_bank_snapshot(tmp_path / "s.h5", snap, {"epoch": 3})
+    back = read_bank_snapshot(tmp_path / "s.h5")
+    assert list(back["target_ids"]) == [f"v{i}" for i in range(7)]
+    assert back["pseudo_labels"].tolist() == [0, 0, 1, 0, 1, 0, 1]
+    assert np.allclose(back["confidences"], snap["confidences"])
+    assert back["in_bank"].tolist() == snap["in_bank"].tolist()
+    assert back["attrs"]["epoch"] == 3 and back["attrs"]["complete"] == 1
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_every_aggregation_returns_a_flow_of_the_right_shape_with_weights_summing_to_one(aggregation):
+    bank, feats = _bank(aggregation, capacity=3)
+    rng = np.random.default_rng(0)
+    idx, w = bank.weights(0, feats[1], rng)
+    assert len(idx) == len(w) and w.sum() == pytest.approx(1.0)
+    assert set(idx.tolist()) <= set(bank.members[0].tolist())
+    expected_count = {"random": 1, "mean": 3, "simw_sum": 3, "simw_mean_top5": 3, "simw_sum_top5": 3,
+                      "simw_top1": 1, "simw_random_top5": 1}[aggregation]
+    assert len(idx) == expected_count
+    source = torch.zeros((2,) + SHAPE)
+    out = bank.retrieve(torch.tensor([0, 1]), source, feats[[1, 4]], rng)
+    assert out.shape == source.shape
+    # each output clip is the weighted sum of member clips (clip i == i): a value within the members' range
+    assert out[0].min() >= 0 and out[0].max() <= 5
+
+
+def test_mean_mode_averages_all_members_and_top1_picks_the_most_similar():
+    bank, feats = _bank("mean", capacity=3)
+    out = bank.retrieve(torch.tensor([0]), torch.zeros((1,) + SHAPE), None, np.random.default_rng(0))
+    assert torch.allclose(out, torch.full((1,) + SHAPE, (0 + 3 + 1) / 3))
+    top1 = FlowMemoryBank(3, capacity=3, aggregation="simw_top1")
+    top1.refresh(bank.pseudo_labels, bank.confidences, feats)
+    idx, w = top1.weights(1, feats[4] * 2.0, np.random.default_rng(0))  # target 4's own feature: cosine 1
+    assert idx.tolist() == [4] and w.tolist() == [1.0]
+
+
+def test_simw_sum_weights_follow_cosine_similarity():
+    feats = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    bank = FlowMemoryBank(1, capacity=3, aggregation="simw_sum")
+    bank.refresh([0, 0, 0], [0.9, 0.8, 0.7], feats)
+    idx, w = bank.weights(0, torch.tensor([1.0, 0.0]), np.random.default_rng(0))
+    assert idx.tolist() == [0, 1, 2]
+    assert np.allclose(w, [1 / 1.6, 0.6 / 1.6, 0.0])
+
+
+def test_random_mode_draws_members_uniformly():
+    bank, _ = _bank("random", capacity=3)
+    rng = np.random.default_rng(1)
+    drawn = [int(bank.weights(0, None, rng)[0][0]) for _ in range(300)]
+    assert set(drawn) == {0, 1, 3}
+    assert min(drawn.count(i) for i in (0, 1, 3)) > 60
+
+
+def test_class_with_empty_bank_keeps_its_own_flow():
+    bank, feats = _bank("mean")
+    source = torch.full((2,) + SHAPE, -7.0)
+    out = bank.retrieve(torch.tensor([2, 0]), source, feats[:2], np.random.default_rng(0))
+    assert torch.equal(out[0], source[0])
+    assert not torch.equal(out[1], source[1])
+
+
+def test_simw_modes_need_features():
+    bank = FlowMemoryBank(2, aggregation="simw_top1")
+    with pytest.raises(ValueError, match="features"):
+        bank.refresh([0, 1], [0.5, 0.5], None)
+    with pytest.raises(ValueError, match="aggregation"):
+        FlowMemoryBank(2, aggregation="median")
