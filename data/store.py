@@ -15,9 +15,12 @@ Readers open the file lazily in the process that reads (safe with forked DataLoa
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 
 import h5py
@@ -60,10 +63,30 @@ def temporary_path_for(target: str | os.PathLike) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+class StoreWriteError(OSError):
+    """Writing a shard failed in the file system (disk full, quota, I/O error). Nothing was kept: the
+    temporary file is removed and every earlier file, the target included, is untouched."""
+
+
+def _write_error(path: Path, error: BaseException) -> StoreWriteError:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2 ** 20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    found = re.search(r"errno = (\d+)", str(error))  # HDF5 names the system's errno only in its message
+    code = getattr(error, "errno", None) or (int(found.group(1)) if found else errno.EIO)
+    return StoreWriteError(code, f"could not write {path} ({type(error).__name__}: {error}); {path.parent} has "
+                                 f"{free}. Nothing was kept (the temporary file is removed, earlier outputs are "
+                                 "untouched): free disk space or fix the file system and rerun")
+
+
 class ShardWriter:
     """Write one shard file atomically: temp file beside the target, fsync, rename, `complete` last.
 
     Use as a context manager. If the block raises, the temp file is removed and the target is untouched.
+    A failure of the file system (disk full) raises StoreWriteError at the item where it happens: the file
+    is flushed after every item, because HDF5 otherwise reports such failures only from destructors (as
+    ignored exceptions) and h5py may crash when the file is closed.
     """
 
     def __init__(self, path, stage: str, benchmark: str, params: dict, extra_attrs: dict | None = None,
@@ -96,18 +119,35 @@ class ShardWriter:
         """Add one item. `frames` uint8 (T,H,W,3); `flow` float32 (T-1,H,W,2); `arrays` stored as they are."""
         if item_id in self._seen:
             raise ValueError(f"duplicate item id {item_id!r} in {self.path}")
-        g = self._file["items"].create_group(f"{len(self._ids):07d}")
-        n_frames = 0
-        if frames is not None:
-            enc = [np.frombuffer(codec.encode_frame(f, self.frame_encoding), np.uint8) for f in frames]
-            _write_vlen(g, "frames", enc)
-            n_frames = len(enc)
-        if flow is not None:
-            _write_vlen(g, "flow", [np.frombuffer(codec.encode_flow(f, self.flow_encoding), np.uint8) for f in flow])
-        for name, value in (arrays or {}).items():
-            g.create_dataset(name, data=np.asarray(value))
-        for key, value in (attrs or {}).items():
-            g.attrs[key] = value
+        # Encode first: bad item data fails here, before anything is written.
+        enc = None if frames is None else [np.frombuffer(codec.encode_frame(f, self.frame_encoding), np.uint8)
+                                           for f in frames]
+        enc_flow = None if flow is None else [np.frombuffer(codec.encode_flow(f, self.flow_encoding), np.uint8)
+                                              for f in flow]
+        name = f"{len(self._ids):07d}"
+        try:
+            g = self._file["items"].create_group(name)
+            if enc is not None:
+                _write_vlen(g, "frames", enc)
+            if enc_flow is not None:
+                _write_vlen(g, "flow", enc_flow)
+            for key, value in (arrays or {}).items():
+                g.create_dataset(key, data=np.asarray(value))
+            for key, value in (attrs or {}).items():
+                g.attrs[key] = value
+            self._file.flush()  # a full disk raises here, for this item, instead of crashing at close
+        except (OSError, RuntimeError) as e:
+            raise _write_error(self.path, e) from e
+        except BaseException:
+            # Bad item data (e.g. an attribute type HDF5 cannot store): drop the half-written group so the
+            # next item can take its name, and let the caller skip this item.
+            try:
+                if name in self._file["items"]:
+                    del self._file["items"][name]
+            except Exception as cleanup_error:  # the file itself is broken: the shard cannot go on
+                raise _write_error(self.path, cleanup_error) from cleanup_error
+            raise
+        n_frames = 0 if enc is None else len(enc)
         self._ids.append(item_id)
         self._seen.add(item_id)
         self._labels.append(int(label))
@@ -117,8 +157,12 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         f, tmp = self._file, self._tmp
         if exc_type is not None:
-            f.close()
-            tmp.unlink(missing_ok=True)
+            try:
+                f.close()
+            except Exception:  # the file system failed (disk full): closing may fail too
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
             return
         try:
             f.create_dataset("ids", data=np.array(self._ids, dtype=object), dtype=_STR)
@@ -144,10 +188,16 @@ class ShardWriter:
                 os.close(fd)
             os.replace(tmp, self.path)
             fsync_dir(self.path.parent)
-        except BaseException:
-            if f.id.valid:
-                f.close()
-            tmp.unlink(missing_ok=True)
+        except BaseException as e:
+            try:
+                if f.id.valid:
+                    f.close()
+            except Exception:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, StoreWriteError):
+                raise _write_error(self.path, e) from e
             raise
 
 

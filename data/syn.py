@@ -360,7 +360,7 @@ def _figure_colors(rng: np.random.Generator, kind: str, scene_rgb: np.ndarray) -
         dark = not dark
     v_shirt = float(np.clip(bg_v - contrast if dark else bg_v + contrast, 0.05, 0.97))
     v_pants = float(np.clip(v_shirt + _u(rng, -0.15, 0.15), 0.05, 0.97))
-    sat = (0.55, 0.95) if kind == "saturated" else (0.1, 0.4)
+    sat = (0.45, 0.95) if kind == "saturated" else (0.1, 0.5)
     shirt = _hsv(_u(rng, 0, 360), _u(rng, *sat), v_shirt)
     pants = _hsv(_u(rng, 0, 360), _u(rng, sat[0] * 0.5, sat[1] * 0.6), v_pants)
     return {"skin": np.clip(skin_rgb, 0, 1), "shirt": shirt, "pants": pants}
@@ -369,12 +369,12 @@ def _figure_colors(rng: np.random.Generator, kind: str, scene_rgb: np.ndarray) -
 # The two domains' looks. Camera: per-channel colour cast (gain 1 +- cast), contrast, gamma, Gaussian
 # blur sigma (output pixels) and per-frame Gaussian noise sigma (grey levels), each drawn per video.
 _STYLES = {
-    _SOURCE: {"scene": {"kind": "indoor", "top": ((15, 50), (0.15, 0.45), (0.55, 0.92)),
+    _SOURCE: {"scene": {"kind": "indoor", "top": ((0, 90), (0.15, 0.45), (0.55, 0.92)),
                         "bottom": ((10, 32), (0.35, 0.6), (0.4, 0.65)), "wallpaper": 0.08},
               "clothing": "saturated",
               "figure_height": (0.6, 0.78), "camera": None},
-    _TARGET: {"scene": {"kind": "outdoor", "top": ((80, 220), (0.2, 0.5), (0.5, 0.85)),
-                        "bottom": ((50, 130), (0.15, 0.45), (0.4, 0.65)), "fine": 0.04, "blobs": 0.06,
+    _TARGET: {"scene": {"kind": "outdoor", "top": ((60, 220), (0.15, 0.45), (0.5, 0.85)),
+                        "bottom": ((30, 130), (0.15, 0.45), (0.4, 0.65)), "fine": 0.04, "blobs": 0.06,
                         "stripes": 0.06},
               "clothing": "muted",
               "figure_height": (0.52, 0.7),

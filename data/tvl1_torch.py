@@ -21,19 +21,28 @@ replace the per-pair CPU call of the pipeline's flow stage:
   last row/column) and the matching backward-difference divergence;
 - ``gamma != 0`` adds OpenCV's third illumination channel ``u3`` (not median filtered, not rescaled).
 
-Each pair of a batch keeps its own stopping rule: pairs that have converged are taken out of the
-working batch (compaction), so a batch costs what its pairs cost, and a pair's result does not
-depend on the other pairs of its batch. Results are clipped to +-20 px (the project's convention).
+Each pair of a batch keeps its own stopping rule, so a pair's result does not depend on the pairs it
+is batched with (the batch runs until its last pair has converged). Results are clipped to +-20 px
+(the project's convention).
 
-On CUDA, if Triton is importable, the primal-dual step, the median filter and the per-pair stopping
-rule run as three fused Triton kernels with the convergence masks kept on the device (no host sync
-inside the inner loop); otherwise (and on the CPU) plain PyTorch ops are used. Both follow the same
-arithmetic; see ``tests/test_tvl1_torch.py`` for the agreement with OpenCV.
+Two solvers share the pyramid, warping and per-warp constants:
+- plain PyTorch ops (CPU, or CUDA without Triton): converged pairs are written back and dropped from
+  the working batch (compaction), at one host sync per iteration;
+- on CUDA with Triton: three fused kernels (primal step with the per-pair squared update by atomics,
+  dual step, masked 5x5 median) read each pair's convergence flag on the device, so converged pairs
+  cost one load per program and there is one host sync per outer iteration; each outer iteration
+  (median + inner steps) is replayed as a CUDA graph (``cuda_graphs=False``: eager launches).
+
+Measured on one H100 (OpenCV 5.0 on one core of the same machine's Xeon, real 224x224 crops of the
+realdata clips): 451 pairs/s at batch 128 against 0.75 pairs/s, ~600x; 386 pairs/s on whole
+340x256 frames against 0.61 pairs/s. Mean endpoint difference to OpenCV 0.02 px on those pairs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from typing import Iterable
 
 import numpy as np
@@ -112,7 +121,8 @@ def _rgb_to_gray_u8(rgb: torch.Tensor) -> torch.Tensor:
 
 def _to_gray_float(frames, device: torch.device) -> torch.Tensor:
     """(B,H,W) or (B,H,W,3) uint8/float frames -> (B,H,W) float32 gray in 0..255 on ``device``."""
-    t = torch.as_tensor(frames) if not isinstance(frames, torch.Tensor) else frames
+    t = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    t = t.to(device)  # uint8 travels to the GPU before the gray conversion: 4x fewer bytes
     if t.ndim == 2:
         t = t[None]
     if t.ndim == 4 and t.shape[-1] == 1:
@@ -356,7 +366,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 if triton is not None:
 
-    @triton.jit(do_not_specialize=["k"])
+    @triton.jit(do_not_specialize=["k", "nb", "H", "W"])
     def _primal_kernel(
         u_ptr, p_ptr, iw_ptr, rho_ptr, invg_ptr, err_ptr, k, nb, H, W,
         eps, l_t, theta, gamma, C: tl.constexpr, BLOCK: tl.constexpr,
@@ -400,7 +410,7 @@ if triton is not None:
                 e += (n3 - u3) * (n3 - u3)
             tl.atomic_add(err_ptr + k * nb + b, tl.sum(tl.where(m, e, 0.0), axis=0))
 
-    @triton.jit(do_not_specialize=["k"])
+    @triton.jit(do_not_specialize=["k", "nb", "H", "W"])
     def _dual_kernel(u_ptr, p_ptr, err_ptr, k, nb, H, W, eps, taut, C: tl.constexpr, BLOCK: tl.constexpr):
         b = tl.program_id(1).to(tl.int64)
         if tl.load(err_ptr + (k - 1) * nb + b) > eps:
@@ -431,7 +441,7 @@ if triton is not None:
     def _cas(a, b):
         return tl.minimum(a, b), tl.maximum(a, b)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["k", "nb", "H", "W"])
     def _median_kernel(src_ptr, dst_ptr, err_ptr, k, nb, H, W, eps, C: tl.constexpr, BLOCK: tl.constexpr):
         """dst = 5x5 median of src (replicated border) for u1, u2 of active pairs; copy otherwise."""
         b = tl.program_id(1).to(tl.int64)
@@ -506,6 +516,7 @@ if triton is not None:
 
 
 _TRITON_BLOCK = 1024
+_CHECK_EVERY = 10  # eager launches: look for a fully converged batch this often
 
 
 def _triton_available() -> bool:
@@ -513,38 +524,81 @@ def _triton_available() -> bool:
 
 
 def _solve_level_triton(i0, i1, u, prm) -> torch.Tensor:
-    """OpenCV's procOneScale for a batch with the Triton kernels; u (B,C,H,W) is updated in place."""
+    """OpenCV's procOneScale for a batch with the Triton kernels; returns the new u (B,C,H,W).
+
+    The work of one outer iteration (median, then ``inner_iterations`` primal/dual steps) is a fixed
+    sequence of launches on fixed buffers: "errb" holds the squared updates of that block, row 0
+    carrying the state of the block before. With ``prm["cuda_graphs"]`` the sequence is captured
+    once per level as a CUDA graph and replayed (one launch instead of 2 * inner + 1); otherwise
+    it is launched eagerly, and also checked every _CHECK_EVERY steps for a batch that has stopped.
+    """
     b, c, h, w = u.shape
+    inner = prm["inner_iterations"]
     scaled_eps = float(np.float32(prm["epsilon"] ** 2 * h * w))
     i1x, i1y = centered_gradient(i1)
     i1_stack = torch.stack((i1, i1x, i1y), 1)
     u = u.contiguous()
     u_alt = torch.empty_like(u)
     p = u.new_zeros((b, 2) + tuple(u.shape[1:]))
-    n_iter = prm["outer_iterations"] * prm["inner_iterations"]
+    iw = u.new_empty((b, 2, h, w))
+    rho_c = u.new_empty((b, h, w))
+    inv_grad = u.new_empty((b, h, w))
+    errb = u.new_zeros((inner + 1, b))
     grid = (triton.cdiv(h * w, _TRITON_BLOCK), b)
     common = dict(nb=b, H=h, W=w, eps=scaled_eps, C=c, BLOCK=_TRITON_BLOCK)
+    use_graph = bool(prm.get("cuda_graphs")) and u.is_cuda
+    graph = None
+
+    def block(check: bool) -> None:
+        errb[0].copy_(errb[inner])
+        errb[1:].zero_()
+        if prm["median_filtering"] > 1:
+            _median_kernel[grid](u, u_alt, errb, 0, **common)
+            u.copy_(u_alt)
+        for k in range(1, inner + 1):
+            if check and k % _CHECK_EVERY == 1 and k > 1 and not bool((errb[k - 1] > scaled_eps).any()):
+                return
+            _primal_kernel[grid](
+                u, p, iw, rho_c, inv_grad, errb, k, l_t=prm["l_t"], theta=prm["theta"], gamma=prm["gamma"], **common
+            )
+            _dual_kernel[grid](u, p, errb, k, taut=prm["taut"], **common)
+
     for _ in range(prm["warps"]):
-        iw, rho_c, inv_grad = _warp_constants(i0, i1_stack, u)
-        rho_c, inv_grad = rho_c.contiguous(), inv_grad.contiguous()
-        err = u.new_zeros((n_iter + 1, b))
-        err[0] = float("inf")
-        k = 0
+        w_iw, w_rho, w_inv = _warp_constants(i0, i1_stack, u)
+        iw.copy_(w_iw)
+        rho_c.copy_(w_rho)
+        inv_grad.copy_(w_inv)
+        errb[inner].fill_(float("inf"))
         for n_outer in range(prm["outer_iterations"]):
-            # one host sync per outer iteration: stop launching once every pair has converged
-            if n_outer > 0 and not bool((err[k] > scaled_eps).any()):
+            # one host sync per outer iteration: stop once every pair of the batch has converged
+            if n_outer > 0 and not bool((errb[inner] > scaled_eps).any()):
                 break
-            if prm["median_filtering"] > 1:
-                _median_kernel[grid](u, u_alt, err, k, **common)
-                u, u_alt = u_alt, u
-            for _ in range(prm["inner_iterations"]):
-                k += 1
-                _primal_kernel[grid](
-                    u, p, iw, rho_c, inv_grad, err, k, l_t=prm["l_t"], theta=prm["theta"],
-                    gamma=prm["gamma"], **common,
-                )
-                _dual_kernel[grid](u, p, err, k, taut=prm["taut"], **common)
+            if graph is not None:
+                graph.replay()
+                continue
+            block(check=not use_graph)
+            if use_graph:  # kernels are compiled by now: capture the block for the rest of the level
+                graph = _capture(lambda: block(check=False))
+                use_graph = graph is not None
     return u
+
+
+_GRAPH_FAILURE: list[str] = []  # set once a capture failed: later calls launch eagerly
+
+
+def _capture(fn):
+    """A CUDA graph of fn(), or None (and eager launches from then on) if capture fails."""
+    if _GRAPH_FAILURE:
+        return None
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+    except Exception as exc:  # pragma: no cover - depends on the CUDA/Triton install
+        _GRAPH_FAILURE.append(repr(exc))
+        warnings.warn(f"CUDA graph capture failed ({exc!r}); launching the TV-L1 kernels eagerly")
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -570,7 +624,7 @@ def _pick_solver(device: torch.device, backend: str | None):
     return _solve_level_triton if usable else _solve_level_torch
 
 
-def _solver_params(params: dict) -> dict:
+def _solver_params(params: dict, cuda_graphs: bool = True) -> dict:
     prm = resolve_params(params)
     theta = float(prm["theta"])
     return dict(
@@ -586,15 +640,20 @@ def _solver_params(params: dict) -> dict:
         taut=float(np.float32(float(prm["tau"]) / theta)),
         nscales=int(prm["nscales"]),
         scale_step=float(prm["scale_step"]),
+        cuda_graphs=bool(cuda_graphs),
     )
 
 
-def tvl1_flow_batch_tensor(prev, next, device=None, backend: str | None = None, **params) -> torch.Tensor:
+def tvl1_flow_batch_tensor(
+    prev, next, device=None, backend: str | None = None, cuda_graphs: bool = True, **params
+) -> torch.Tensor:
     """Like :func:`tvl1_flow_batch`, but returns the unclipped (B,H,W,2) float32 tensor on ``device``."""
-    prm = _solver_params(params)
+    prm = _solver_params(params, cuda_graphs)
     dev = _resolve_device(device)
     solve = _pick_solver(dev, backend)
-    with torch.inference_mode():
+    # Triton launches and graph captures go to the current CUDA device: make it the requested one
+    on_device = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), on_device:
         i0 = _to_gray_float(prev, dev)
         i1 = _to_gray_float(next, dev)
         if i0.shape != i1.shape:
@@ -621,7 +680,9 @@ def tvl1_flow_batch_tensor(prev, next, device=None, backend: str | None = None, 
         return u[:, :2].permute(0, 2, 3, 1).contiguous()
 
 
-def tvl1_flow_batch(prev, next, device=None, backend: str | None = None, **params) -> np.ndarray:
+def tvl1_flow_batch(
+    prev, next, device=None, backend: str | None = None, cuda_graphs: bool = True, **params
+) -> np.ndarray:
     """Dual TV-L1 optical flow from ``prev`` to ``next`` for a batch of frame pairs of one size.
 
     prev, next: (B,H,W) uint8 gray or (B,H,W,3) uint8 RGB frames, numpy or torch (float frames are
@@ -630,9 +691,10 @@ def tvl1_flow_batch(prev, next, device=None, backend: str | None = None, **param
     median_filtering``) or OpenCV's keywords (``innnerIterations``, ``scaleStep``, ...); the
     defaults are OpenCV's. ``device``: None picks CUDA when available. ``backend``: None (Triton
     kernels on CUDA when Triton is importable, plain PyTorch ops otherwise), "torch" or "triton".
+    ``cuda_graphs``: replay each outer iteration of the Triton path as a CUDA graph (fewer launches).
     Returns (B,H,W,2) float32 (x, y) flow in pixels, clipped to +-20.
     """
-    flow = tvl1_flow_batch_tensor(prev, next, device=device, backend=backend, **params)
+    flow = tvl1_flow_batch_tensor(prev, next, device=device, backend=backend, cuda_graphs=cuda_graphs, **params)
     return flow.clamp(-FLOW_BOUND, FLOW_BOUND).cpu().numpy()
 
 

@@ -92,7 +92,8 @@ def evaluate_run(run_dir, target_frames, target_flows=None, out_dir=None, source
     flow = flow.to(dev) if flow is not None else None
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda")
 
-    target = EvalClipDataset(target_frames, target_flows, cfg.eval_frames, cfg.crop_size, with_flow=flow is not None)
+    target = EvalClipDataset(target_frames, target_flows, cfg.eval_frames, cfg.crop_size, with_flow=flow is not None,
+                             resize=cfg.resize)
     with autocast:
         res = predict(rgb, flow, DataLoader(target, batch_size=batch_size, num_workers=num_workers), dev)
     labels = target.labels[res["index"]]
@@ -102,7 +103,8 @@ def evaluate_run(run_dir, target_frames, target_flows=None, out_dir=None, source
 
     features = {"target_features": res["features"].numpy(), "target_labels": labels, "target_pred": res["pred"]}
     if source_frames is not None:
-        source = EvalClipDataset(source_frames, source_flows, cfg.clip_frames, cfg.crop_size, with_flow=False)
+        source = EvalClipDataset(source_frames, source_flows, cfg.clip_frames, cfg.crop_size, with_flow=False,
+                                 resize=cfg.resize)
         with autocast:
             src = predict(rgb, None, DataLoader(source, batch_size=batch_size, num_workers=num_workers), dev)
         features.update(source_features=src["features"].numpy(), source_labels=source.labels[src["index"]])

@@ -108,12 +108,14 @@ class TrainConfig:
     clip_frames: int = 16                   # K, frames per training clip
     eval_frames: int = 32                   # frames per evaluation / pseudo-labelling clip
     crop_size: int = 224
+    resize: int | None = None               # short side before cropping (None: frames as stored)
     init: str = "pretrained"                # "pretrained" | "random" (random only when asked for)
     rgb_weights: str = ""
     flow_weights: str = ""
     width_mult: float = 1.0
     temporal_variant: str = "st_i2v"
     bn_momentum: float | None = None        # None keeps I3D's 0.01
+    dropout: float = 0.5                    # before the logits layer (the published I3D: 0.5)
     grad_clamp: float | None = 1.0          # element-wise, as the released code's clip_gradient
     num_classes: int = 0                    # 0: from the labels
     eval_every: int = 1                     # evaluate every k epochs (0: only when needed and at the end)
@@ -178,8 +180,9 @@ def build_streams(cfg: TrainConfig, num_classes: int, pretrained: bool | None = 
                     f"`{key}` (Kinetics checkpoint {'rgb' if in_channels == 3 else 'flow'}_imagenet.pt), or "
                     "init='random' to train from scratch on purpose")
             net = load_i3d(weights, in_channels, num_classes, temporal_variant=cfg.temporal_variant)
+            net.dropout.p = cfg.dropout
         else:
-            net = InceptionI3d(num_classes, in_channels, cfg.temporal_variant, cfg.width_mult)
+            net = InceptionI3d(num_classes, in_channels, cfg.temporal_variant, cfg.width_mult, cfg.dropout)
         if cfg.bn_momentum is not None:
             for m in net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -335,12 +338,12 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
 
     # -- data ----------------------------------------------------------------------------------------------
     source = SourceClipDataset(source_frames, source_flows, cfg.clip_frames, cfg.crop_size,
-                               with_flow=parts["use_flow"], seed=cfg.seed)
+                               with_flow=parts["use_flow"], seed=cfg.seed, resize=cfg.resize)
     target_eval = EvalClipDataset(target_frames, target_flows, cfg.eval_frames, cfg.crop_size,
-                                  with_flow=parts["use_flow"])
+                                  with_flow=parts["use_flow"], resize=cfg.resize)
     uses_target_clips = parts["use_pace"] or cfg.da != "none"
     target_clips = (TargetPaceDataset(target_frames, cfg.clip_frames, cfg.crop_size,
-                                      cfg.num_paces if parts["use_pace"] else 1, seed=cfg.seed)
+                                      cfg.num_paces if parts["use_pace"] else 1, seed=cfg.seed, resize=cfg.resize)
                     if uses_target_clips else None)
     num_classes = cfg.num_classes or int(max(source.labels.max(), target_eval.labels.max())) + 1
     target_labels = target_eval.labels

@@ -50,16 +50,19 @@ def flow_to_tensor(flow: np.ndarray) -> torch.Tensor:
     return x.clamp(-FLOW_BOUND, FLOW_BOUND).div_(FLOW_BOUND)
 
 
-def fit_short_side(x: torch.Tensor, size: int, is_flow: bool = False) -> torch.Tensor:
-    """Upscale C x T x H x W bilinearly so that the short side is at least ``size`` (flow vectors scaled)."""
+def fit_short_side(x: torch.Tensor, size: int, is_flow: bool = False, resize: int | None = None) -> torch.Tensor:
+    """Resize C x T x H x W bilinearly (antialiased when shrinking) so that the short side is ``resize``, or,
+    when ``resize`` is None, at least ``size`` (upscaling only). Flow vectors are scaled with the image."""
     h, w = x.shape[-2:]
-    if min(h, w) >= size:
+    target = resize if resize else max(size, min(h, w))
+    if min(h, w) == target:
         return x
-    scale = size / min(h, w)
-    nh, nw = max(size, math.ceil(h * scale)), max(size, math.ceil(w * scale))
-    out = F.interpolate(x.transpose(0, 1), size=(nh, nw), mode="bilinear", align_corners=False).transpose(0, 1)
+    scale = target / min(h, w)
+    nh, nw = max(target, round(h * scale)), max(target, round(w * scale))
+    out = F.interpolate(x.transpose(0, 1), size=(nh, nw), mode="bilinear", align_corners=False,
+                        antialias=scale < 1).transpose(0, 1)
     if is_flow:
-        out = out * torch.tensor([nw / w, nh / h]).view(2, 1, 1, 1)
+        out = out * torch.tensor([nw / w, nh / h], dtype=out.dtype).view(2, 1, 1, 1)
     return out.contiguous()
 
 
@@ -128,21 +131,22 @@ class SourceClipDataset(_StoreDataset):
     stream = _SOURCE_STREAM
 
     def __init__(self, frame_paths, flow_paths=None, num_frames: int = 16, crop_size: int = 224,
-                 flip: bool = True, with_flow: bool = True, seed: int = 0):
+                 flip: bool = True, with_flow: bool = True, seed: int = 0, resize: int | None = None):
         super().__init__(frame_paths, flow_paths, seed)
         self.num_frames, self.crop_size, self.flip, self.with_flow = num_frames, crop_size, flip, with_flow
+        self.resize = resize
 
     def __getitem__(self, key: int) -> dict:
         index = int(key) % len(self)
         rng = self._rng(key)
         idx = training_clip_indices(int(self._num_frames[index]), self.num_frames, rng)
         rgb, flow = self._read(index, idx, self.with_flow)
-        rgb = fit_short_side(rgb, self.crop_size)
+        rgb = fit_short_side(rgb, self.crop_size, resize=self.resize)
         h, w = rgb.shape[-2:]
         top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
         rgb = crop(rgb, top, left, self.crop_size)
         if flow is not None:
-            flow = crop(fit_short_side(flow, self.crop_size, is_flow=True), top, left, self.crop_size)
+            flow = crop(fit_short_side(flow, self.crop_size, True, self.resize), top, left, self.crop_size)
         if self.flip and rng.random() < 0.5:
             rgb, flow = hflip_clip(rgb, flow)
         item = {"rgb": rgb.contiguous(), "label": torch.tensor(self.labels[index]), "index": index}
@@ -160,9 +164,10 @@ class TargetPaceDataset(_StoreDataset):
     stream = _TARGET_STREAM
 
     def __init__(self, frame_paths, num_frames: int = 16, crop_size: int = 224, num_paces: int = 5,
-                 flip: bool = True, seed: int = 0):
+                 flip: bool = True, seed: int = 0, resize: int | None = None):
         super().__init__(frame_paths, None, seed)
         self.num_frames, self.crop_size, self.num_paces, self.flip = num_frames, crop_size, num_paces, flip
+        self.resize = resize
 
     def __getitem__(self, key: int) -> dict:
         index = int(key) % len(self)
@@ -171,7 +176,7 @@ class TargetPaceDataset(_StoreDataset):
         pace = int(rng.integers(1, self.num_paces + 1))
         start = int(rng.integers(0, n))
         rgb, _ = self._read(index, pace_indices(n, start, pace, self.num_frames), with_flow=False)
-        rgb = fit_short_side(rgb, self.crop_size)
+        rgb = fit_short_side(rgb, self.crop_size, resize=self.resize)
         h, w = rgb.shape[-2:]
         top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
         rgb = crop(rgb, top, left, self.crop_size)
@@ -188,15 +193,15 @@ class EvalClipDataset(_StoreDataset):
     """
 
     def __init__(self, frame_paths, flow_paths=None, num_frames: int = 32, crop_size: int = 224,
-                 with_flow: bool = True):
+                 with_flow: bool = True, resize: int | None = None):
         super().__init__(frame_paths, flow_paths, 0)
-        self.num_frames, self.crop_size, self.with_flow = num_frames, crop_size, with_flow
+        self.num_frames, self.crop_size, self.with_flow, self.resize = num_frames, crop_size, with_flow, resize
 
     def frame_indices(self, index: int) -> np.ndarray:
         return uniform_indices(int(self._num_frames[index]), self.num_frames)
 
     def _center(self, x: torch.Tensor, is_flow: bool) -> torch.Tensor:
-        x = fit_short_side(x, self.crop_size, is_flow)
+        x = fit_short_side(x, self.crop_size, is_flow, self.resize)
         top, left = center_offsets(*x.shape[-2:], self.crop_size)
         return crop(x, top, left, self.crop_size).contiguous()
 

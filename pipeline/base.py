@@ -38,11 +38,14 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove temp files left by killed writers (their process no longer exists)."""
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...] | None = None) -> None:
+    """Remove temp files left by killed writers (their process no longer exists). `names`: only the
+    temporaries of these files (a shard's own), since the workdir may be shared by workers on other
+    machines, whose process ids mean nothing here."""
     if not folder.is_dir():
         return
-    for p in folder.glob(".*.tmp-*"):
+    patterns = [f".{name}.tmp-*" for name in names] if names is not None else [".*.tmp-*"]
+    for p in (p for pattern in patterns for p in folder.glob(pattern)):
         m = re.search(r"\.tmp-(\d+)-", p.name)
         if m and not _pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
@@ -157,8 +160,8 @@ class ShardedStage(Stage):
         for item in items:
             try:
                 self.process_item(item, writer)
-            except (KeyboardInterrupt, SystemExit, MemoryError):
-                raise
+            except (KeyboardInterrupt, SystemExit, MemoryError, store.StoreWriteError):
+                raise  # a full disk is not a bad item: the shard stops, nothing is kept
             except Exception as e:  # one bad item must not cost the shard
                 failed.append((item, e))
         return failed
@@ -177,7 +180,7 @@ class ShardedStage(Stage):
     def run(self) -> None:
         if self.shard < 0 or self.shard >= self.n_shards:
             raise ValueError(f"shard {self.shard} is outside 0..{self.n_shards - 1}")
-        remove_stale_temporaries(self.output_dir())
+        remove_stale_temporaries(self.output_dir(), (self.shard_file().name, self.report_file().name))
         self.write_params_file()
         items = self.items()
         self.before_items()

@@ -8,6 +8,7 @@ import luigi
 import numpy as np
 
 from data.images import load_rgb
+from data.store import StoreWriteError
 from data.video import resize_short_side
 from pipeline.base import ShardedStage, index_slice
 from pipeline.device import gpu_resources, stage_device
@@ -124,10 +125,15 @@ class EstimateDepth(ShardedStage):
         for (item, image), inv in zip(loaded, depths):
             if inv is None:
                 continue
-            norm, lo, hi = normalise_inverse_depth(np.asarray(inv, np.float32))
-            writer.add(item.id, label=item.label, source_path=item.path, frames=image[None],
-                       arrays={"inverse_depth": norm},
-                       attrs={"class_name": item.class_name, "inverse_depth_min": lo, "inverse_depth_max": hi})
+            try:  # one item that cannot be stored (e.g. too long a side for JPEG) must not cost the shard
+                norm, lo, hi = normalise_inverse_depth(np.asarray(inv, np.float32))
+                writer.add(item.id, label=item.label, source_path=item.path, frames=image[None],
+                           arrays={"inverse_depth": norm},
+                           attrs={"class_name": item.class_name, "inverse_depth_min": lo, "inverse_depth_max": hi})
+            except StoreWriteError:
+                raise  # the file system failed: the shard stops
+            except Exception as e:
+                failed.append((item, e))
         return failed
 
 

@@ -2,15 +2,33 @@
 and the generation of the embedded SYN dataset they read from."""
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import luigi
 
 from data import syn
 from data.benchmarks import list_source_items, list_target_items
-from data.items import write_items
-from pipeline.base import Stage, write_json_atomic
+from data.items import read_items, write_items
+from pipeline.base import Stage, short_hash, write_json_atomic
 from pipeline.settings import benchmark_setting, require_path, resolve_benchmark
+
+
+@functools.lru_cache(maxsize=None)
+def dataset_fingerprint(root: str) -> str:
+    """Hash of the relative paths and sizes of every file under `root` (not following symlinked folders)."""
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1  # broken link: listed, reported by the adapter
+            entries.append(f"{os.path.relpath(path, root)}\t{size}")
+    return short_hash(entries)
 
 
 class GenerateSyn(Stage):
@@ -59,13 +77,26 @@ class _Index(Stage):
 
     def key_material(self) -> dict:
         material = super().key_material()
-        if self.benchmark != "SYN":  # where the data lives decides the item paths
-            material["root"] = benchmark_setting(self.benchmark, f"{self.domain}_root", "")
+        if self.benchmark != "SYN":
+            # What the dataset holds, not where it lives: the same dataset gives the same keys on every
+            # machine, so shared bundles of downstream stages import anywhere.
             material["split"] = benchmark_setting(self.benchmark, f"{self.domain}_split", "")
+            material["dataset"] = dataset_fingerprint(str(self.dataset_root()))
         return material
 
     def output(self):
         return luigi.LocalTarget(str(self.output_dir() / "items.json"))
+
+    def complete(self) -> bool:
+        """Done when items.json exists and was listed from the configured root (a moved dataset with the
+        same contents is re-listed under the same key, so the item paths point to where the files are)."""
+        if not self.output().exists():
+            return False
+        try:
+            _items, meta = read_items(self.output().path)
+        except ValueError:
+            return False
+        return meta.get("root") == str(self.dataset_root())
 
     def run(self) -> None:
         benchmark = resolve_benchmark(self.benchmark)
