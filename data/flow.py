@@ -116,6 +116,13 @@ def tvl1_object_params(tvl1) -> dict[str, float | int]:
     return {name: getattr(tvl1, names[2])() for name, names in _OPENCV_NAMES.items()}
 
 
+def restore_scales(tvl1, nscales: int) -> None:
+    """OpenCV's DualTVL1 permanently lowers its pyramid depth after an image too small for `nscales`
+    levels, which would silently change every later flow of a reused object: set it back before a video."""
+    if tvl1.getScalesNumber() != nscales:
+        tvl1.setScalesNumber(int(nscales))
+
+
 _local = threading.local()
 
 
@@ -221,7 +228,10 @@ def tvl1_flow(prev: np.ndarray, next: np.ndarray, backend: str = "opencv", *, tv
         return _torch_flows(g0[None], g1[None], resolve_tvl1_params(params), device)[0]
     if tvl1 is not None and params:
         raise TypeError("pass either an OpenCV object (tvl1=) or parameters, not both")
-    obj = tvl1 if tvl1 is not None else _cached_tvl1(resolve_tvl1_params(params))
+    p = resolve_tvl1_params(params)
+    obj = tvl1 if tvl1 is not None else _cached_tvl1(p)
+    if tvl1 is None:
+        restore_scales(obj, p["nscales"])
     return _clip(obj.calc(g0, g1, None))
 
 
@@ -248,7 +258,10 @@ def video_flows(frames: np.ndarray, params: dict | None = None, backend: str = "
         return out
     if tvl1 is not None and params:
         raise TypeError("pass either an OpenCV object (tvl1=) or parameters, not both")
-    obj = tvl1 if tvl1 is not None else _cached_tvl1(resolve_tvl1_params(params))
+    p = resolve_tvl1_params(params)
+    obj = tvl1 if tvl1 is not None else _cached_tvl1(p)
+    if tvl1 is None:
+        restore_scales(obj, p["nscales"])
     for i in range(t - 1):
         out[i] = obj.calc(gray[i], gray[i + 1], None)
     return _clip(out)
@@ -322,6 +335,8 @@ def _portable(exc: BaseException):
 
 def _run_job(job, params, backend, tvl1, device) -> np.ndarray:
     frames = job() if callable(job) else job
+    if tvl1 is not None:
+        restore_scales(tvl1, resolve_tvl1_params(params)["nscales"])
     return video_flows(frames, None if tvl1 is not None else params, backend, tvl1, device=device)
 
 

@@ -69,9 +69,9 @@ _FPS = 25.0
 
 # Body proportions as fractions of the standing height (feet to top of head).
 _BODY = {
-    "thigh": 0.245, "shin": 0.235, "torso": 0.30, "neck": 0.035, "head_r": 0.075,
-    "upper_arm": 0.17, "forearm": 0.155, "shoulder_w": 0.085, "hip_w": 0.05, "foot": 0.06,
-    "limb_w": 0.055, "torso_w_side": 0.10,
+    "thigh": 0.245, "shin": 0.235, "torso": 0.30, "neck": 0.03, "head_r": 0.085,
+    "upper_arm": 0.17, "forearm": 0.155, "shoulder_w": 0.095, "hip_w": 0.055, "foot": 0.06,
+    "limb_w": 0.075, "torso_w_side": 0.13,
 }
 
 
@@ -121,41 +121,46 @@ class SynConfig:
 # positive away from the body's midline. Elbow and knee angles are flexions added to the limb angle.
 # ---------------------------------------------------------------------------------------------------
 
-# (view, period range in frames, still cue, video motion) -- the table the README quotes.
+# Per class: view; cycle length in frames; for stills, the part of the cycle a photo shows ("the decisive
+# moment": windows (centre, half width) in fractions of the cycle, one picked at random); the still cue
+# and the video motion in words (the table the README quotes).
 CLASS_SPECS: dict[str, dict] = {
     "walk": {
         "view": "side", "period": (18.0, 24.0), "speed": (0.0065, 0.0085), "lean": (0.0, 8.0),
-        "still": "side view, legs and arms in a stride; torso nearly upright (lean 0-8 deg)",
+        "still_phase": ((0.25, 0.12), (0.75, 0.12)),
+        "still": "side view, mid-stride (legs and arms swung apart); torso nearly upright (lean 0-8 deg)",
         "motion": "moves sideways (left or right, the way it faces) at 0.0065-0.0085 frame widths per "
                   "frame; gait cycle 18-24 frames",
     },
     "run": {
         "view": "side", "period": (8.0, 10.0), "speed": (0.018, 0.022), "lean": (5.0, 13.0),
+        "still_phase": ((0.25, 0.12), (0.75, 0.12)),
         "still": "like walk (same stride, arms, proportions) except the torso leans forward 5-13 deg "
                  "-- the weak cue",
         "motion": "moves sideways the way it faces at 0.018-0.022 frame widths per frame (~2.6x walk); "
                   "gait cycle 8-10 frames (~2.3x walk's rate)",
     },
     "wave": {
-        "view": "front", "period": (10.0, 14.0),
-        "still": "front view, one arm raised above the head, the other hanging",
+        "view": "front", "period": (10.0, 14.0), "still_phase": ((0.5, 0.5),),
+        "still": "front view, one arm raised above the head (forearm anywhere in its swing), the other "
+                 "hanging",
         "motion": "stands; the raised forearm swings side to side (+-25-40 deg), cycle 10-14 frames",
     },
     "clap": {
-        "view": "front", "period": (7.0, 10.0),
-        "still": "front view, both forearms held in front of the chest, hands between together and "
-                 "shoulder-width apart",
+        "view": "front", "period": (7.0, 10.0), "still_phase": ((0.0, 0.15),),
+        "still": "front view, elbows out and both forearms in front of the chest, hands (nearly) "
+                 "together",
         "motion": "stands; hands meet and part horizontally in front of the chest, cycle 7-10 frames",
     },
     "jump": {
-        "view": "front", "period": (12.0, 16.0),
-        "still": "front view, both arms raised in a V, knees bent or feet off the ground",
+        "view": "front", "period": (12.0, 16.0), "still_phase": ((0.3, 0.2),),
+        "still": "front view, in the air: both arms raised in a V, feet off the ground",
         "motion": "hops up and down on the spot (up to 0.12-0.20 body heights), crouching at each "
                   "landing, cycle 12-16 frames",
     },
     "squat": {
-        "view": "side", "period": (24.0, 32.0),
-        "still": "side view, arms stretched forward, knees bent, hips lowered",
+        "view": "side", "period": (24.0, 32.0), "still_phase": ((0.5, 0.15),),
+        "still": "side view, deep in the squat: knees bent, hips lowered, arms stretched forward",
         "motion": "slowly lowers and raises the body (deep knee bend), arms forward, cycle 24-32 frames",
     },
 }
@@ -262,7 +267,7 @@ def _skeleton(pose: dict, body: dict, view: str, facing: int) -> dict:
 
 def _sample_body(rng: np.random.Generator) -> dict:
     body = {k: v * _u(rng, 0.92, 1.08) for k, v in _BODY.items()}
-    w = _u(rng, 0.85, 1.2)
+    w = _u(rng, 0.85, 1.15)
     body["limb_w"] = _BODY["limb_w"] * w
     body["torso_w_side"] = _BODY["torso_w_side"] * w
     return body
@@ -372,12 +377,12 @@ _STYLES = {
     _SOURCE: {"scene": {"kind": "indoor", "top": ((0, 90), (0.15, 0.45), (0.55, 0.92)),
                         "bottom": ((10, 32), (0.35, 0.6), (0.4, 0.65)), "wallpaper": 0.08},
               "clothing": "saturated",
-              "figure_height": (0.6, 0.78), "camera": None},
+              "figure_height": (0.66, 0.84), "camera": None},
     _TARGET: {"scene": {"kind": "outdoor", "top": ((60, 220), (0.15, 0.45), (0.5, 0.85)),
                         "bottom": ((30, 130), (0.15, 0.45), (0.4, 0.65)), "fine": 0.04, "blobs": 0.06,
                         "stripes": 0.06},
               "clothing": "muted",
-              "figure_height": (0.52, 0.7),
+              "figure_height": (0.58, 0.76),
               "camera": {"cast": 0.1, "contrast": (0.8, 1.0), "gamma": (0.9, 1.1), "blur": (0.3, 0.6),
                          "noise": (1.0, 3.0)}},
 }
@@ -475,8 +480,8 @@ class _Item:
         self.view = CLASS_SPECS[cls]["view"]
         self.facing = 1 if rng.random() < 0.5 else -1
         self.scale = _u(rng, *style["figure_height"]) * H * _SS  # standing height in supersampled pixels
-        self.ground = _u(rng, 0.82, 0.95)  # feet row, fraction of the frame height
-        self.anchor = _u(rng, 0.3, 0.7)  # horizontal position, fraction of the frame width
+        self.ground = _u(rng, 0.88, 0.97)  # feet row, fraction of the frame height
+        self.anchor = _u(rng, 0.35, 0.65)  # horizontal position, fraction of the frame width
         self.phase0 = _u(rng, 0.0, 2 * math.pi)
         self._bg_cache: dict = {}
         s = self.scene
@@ -550,7 +555,8 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def render_still(config: SynConfig, cls_index: int, index: int) -> dict:
-    """Source still number `index` of class `cls_index`: a snapshot at a random phase of the action.
+    """Source still number `index` of class `cls_index`: a snapshot of the action at a random moment
+    of the part of its cycle a photo of it shows (``CLASS_SPECS[cls]["still_phase"]``).
 
     Returns {"rgb": uint8 HxWx3, "inverse_depth": float32 HxW (larger = nearer, not normalised),
     "background_inverse_depth": the same without the figure, "mask": float32 HxW figure coverage 0..1,
@@ -558,8 +564,11 @@ def render_still(config: SynConfig, cls_index: int, index: int) -> dict:
     """
     item = _Item(config, _SOURCE, cls_index, index)
     x = item.anchor
-    rgb, alpha, depth = item.render(item.phase0, x, with_depth=True)
-    _, pose = item.joints_at(item.phase0, x)
+    windows = CLASS_SPECS[item.cls]["still_phase"]
+    centre, half = windows[int(item.rng.integers(0, len(windows)))]
+    phase = 2 * math.pi * (centre + _u(item.rng, -half, half))
+    rgb, alpha, depth = item.render(phase, x, with_depth=True)
+    _, pose = item.joints_at(phase, x)
     return {"rgb": _to_uint8(rgb), "inverse_depth": depth.astype(np.float32),
             "background_inverse_depth": item._background((0, 0))[1].astype(np.float32), "mask": alpha,
             "pose": pose, "params": item.params, "facing": item.facing}

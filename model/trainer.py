@@ -74,10 +74,10 @@ PAPER_PRESETS = {
 # SYN on a 2-core CPU in about a minute per variant; chosen by measurement (bench/bench_train.py,
 # bench/syn_experiment.py). Random initialisation: SYN ships no weights. The same preset for every variant.
 SYN_PRESET = {
-    "init": "random", "width_mult": 0.125, "crop_size": 48, "temporal_variant": "st_i2v", "clip_frames": 16,
-    "eval_frames": 32, "epochs": 8, "warmup_epochs": 3, "batch_size": 8, "lr": 0.05, "lambda1": 1.0,
-    "lambda2": 0.5, "bank_size": 8, "num_paces": 4, "bn_momentum": 0.1, "pace_during_warmup": True,
-    "eval_every": 0, "threads": 1,
+    "init": "random", "width_mult": 0.125, "resize": 37, "crop_size": 32, "temporal_variant": "st_i2v",
+    "clip_frames": 16, "eval_frames": 32, "epochs": 20, "warmup_epochs": 10, "batch_size": 8, "lr": 0.002,
+    "lr_milestones": (0.75, 0.9), "lambda1": 1.0, "lambda2": 0.5, "bank_size": 8, "num_paces": 4,
+    "bn_momentum": 0.1, "dropout": 0.0, "pace_during_warmup": True, "eval_every": 0, "threads": 1,
 }
 PRESETS = {**PAPER_PRESETS, "SYN": SYN_PRESET}
 

@@ -18,6 +18,7 @@ import luigi
 from tqdm import tqdm
 
 from data import store
+from data.errors import BadInputError
 from data.items import read_items, shard_slice
 from pipeline.settings import benchmark_setting, workdir
 
@@ -184,7 +185,7 @@ class ShardedStage(Stage):
         self.write_params_file()
         items = self.items()
         self.before_items()
-        skipped, started = [], time.time()
+        skipped, not_bad_input, started = [], [], time.time()
         desc = f"{self.stage_name}[{self.benchmark}] shard {self.shard + 1}/{self.n_shards}"
         with store.ShardWriter(self.shard_file(), stage=self.stage_name, benchmark=self.benchmark,
                                params=self.shard_params(), extra_attrs=self.extra_attrs()) as writer:
@@ -195,10 +196,18 @@ class ShardedStage(Stage):
                     skipped.append({"id": _item_id(item), "path": getattr(item, "path", ""),
                                     "reason": f"{type(error).__name__}: {error}"})
                     tqdm.write(f"{desc}: skipped {_item_id(item)}: {error}")
+                    if not isinstance(error, BadInputError):
+                        not_bad_input.append(skipped[-1])
                 bar.update(len(chunk))
                 self.progress(bar.n, len(items), f"{bar.n}/{len(items)} items, {len(skipped)} skipped")
             bar.close()
             written = len(writer)
+            if items and not written and not_bad_input:
+                # Every item failed, and not (only) for bad input: the environment is broken (a worker pool
+                # that cannot start, a GPU out of memory ...). An empty shard would look complete forever.
+                raise RuntimeError(f"{desc}: all {len(items)} items failed, {len(not_bad_input)} of them for a "
+                                   f"reason other than bad input, e.g. {not_bad_input[0]['id']}: "
+                                   f"{not_bad_input[0]['reason']}; nothing was written (fix the cause and rerun)")
         write_json_atomic(self.report_file(), {
             "stage": self.stage_name, "benchmark": self.benchmark, "shard": self.shard,
             "num_shards": self.n_shards, "tried": len(items), "written": written,

@@ -216,7 +216,7 @@ def test_every_input_is_processed_or_rejected_with_a_message_and_no_good_one_is_
             assert s["id"] and s["reason"].strip(), s  # every rejection names the item and says why
             rejected.setdefault(_printable(s["path"]), (task.stage_name, s["reason"]))
 
-    outcome, problems = {}, []
+    outcome, reasons, problems = {}, {}, []
     for case in cases:
         domain_root = root / case.domain
         item_id = _item_id(case.path, domain_root)
@@ -236,6 +236,7 @@ def test_every_input_is_processed_or_rejected_with_a_message_and_no_good_one_is_
                 problems.append(f"{case.kind}: stored frame shape {frames.shape}")
         elif where is not None and where[1].strip():
             outcome[case.path] = f"rejected by {where[0]}"
+            reasons[case.path] = where[1].replace(str(root), "<root>")
             if case.good:
                 problems.append(f"good input LOST: {case.kind} ({case.path!r}) rejected by {where[0]}: {where[1]}")
         else:
@@ -256,7 +257,8 @@ def test_every_input_is_processed_or_rejected_with_a_message_and_no_good_one_is_
           f"({len(good)} good, {len(cases) - len(good)} bad): {processed} processed, {rejected_n} rejected with "
           f"a message, {lost} good lost; rejected by stage: {dict(sorted(by_stage.items()))}")
     for c in cases:
-        print(f"  {'good' if c.good else 'bad ':4s} {c.domain:6s} {c.kind:52s} -> {outcome[c.path]}")
+        why = f": {reasons[c.path][:110]!r}" if c.path in reasons else ""
+        print(f"  {'good' if c.good else 'bad ':4s} {c.domain:6s} {c.kind:50s} -> {outcome[c.path]}{why}")
 
     assert not problems, "\n".join(problems)
     assert len(kinds) >= 15 and lost == 0

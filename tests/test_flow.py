@@ -344,3 +344,18 @@ def test_torch_backend_runs_the_real_batched_implementation():
     assert fl.shape == (40, 48, 2) and fl.dtype == np.float32
     assert np.isfinite(fl).all() and np.abs(fl).max() <= 20
     assert F.video_flows(np.stack([a, b, a]), QUICK, backend="torch", device="cpu").shape == (2, 40, 48, 2)
+
+
+def test_a_reused_opencv_object_is_not_changed_by_a_tiny_video():
+    """OpenCV lowers nscales after an image too small for the pyramid; later videos must not inherit it."""
+    from data.flow import video_flows
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, (3, 96, 96, 3), np.uint8)
+    big = cv2.GaussianBlur(big.reshape(-1, 96, 3), (0, 0), 2).reshape(3, 96, 96, 3)
+    tiny = rng.integers(0, 255, (2, 20, 20, 3), np.uint8)
+    params = {"nscales": 5, "warps": 1, "outer_iterations": 1, "inner_iterations": 5}
+    before = video_flows(big, params)
+    video_flows(tiny, params)
+    after = video_flows(big, params)
+    assert np.array_equal(before, after)

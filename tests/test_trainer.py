@@ -1,6 +1,7 @@
 """Training loop, datasets, presets, resume, evaluation and report on tiny SYN-like stores (CPU, seconds)."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,25 @@ def test_accuracy_summary_counts_per_class():
     assert s["accuracy"] == 0.75
     assert s["confusion"].tolist()[2] == [0, 1, 1, 0]
     assert s["per_class_accuracy"][:3].tolist() == [1.0, 1.0, 0.5] and np.isnan(s["per_class_accuracy"][3])
+
+
+def test_torchrun_with_two_gloo_processes_trains_and_only_rank0_writes(stores, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    sets = ["init=random", "width_mult=0.125", "crop_size=32", "eval_frames=16", "batch_size=2", "lr=0.01",
+            "bank_size=2", "num_paces=3", "threads=1", "variant=FULL", "epochs=2", "warmup_epochs=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.trainer",
+           str(out), "--source-frames", stores[0], "--target-frames", stores[1], "--set", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["epochs"] == 2 and 0 <= result["accuracy"] <= 1
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and not any(k.startswith("module.") for k in ckpt["rgb"])
+    assert (out / "bank" / "epoch_001.h5").exists()
+    assert (out / "metrics.csv").read_text().count("\n") == 3
