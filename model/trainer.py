@@ -109,6 +109,7 @@ class TrainConfig:
     eval_frames: int = 32                   # frames per evaluation / pseudo-labelling clip
     crop_size: int = 224
     resize: int | None = None               # short side before cropping (None: frames as stored)
+    cache_data: bool = False                # keep decoded, resized videos in memory (small benchmarks)
     init: str = "pretrained"                # "pretrained" | "random" (random only when asked for)
     rgb_weights: str = ""
     flow_weights: str = ""
@@ -147,7 +148,7 @@ class TrainConfig:
 
 
 # Keys that may differ between a run and its resumption (they do not change the result on one device).
-_RESUME_FREE = {"num_workers", "device", "threads", "eval_batch_size", "rgb_weights", "flow_weights"}
+_RESUME_FREE = {"num_workers", "device", "threads", "eval_batch_size", "rgb_weights", "flow_weights", "cache_data"}
 
 
 def make_config(config: TrainConfig | dict | None = None, benchmark: str | None = None, **overrides) -> TrainConfig:
@@ -338,12 +339,14 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
 
     # -- data ----------------------------------------------------------------------------------------------
     source = SourceClipDataset(source_frames, source_flows, cfg.clip_frames, cfg.crop_size,
-                               with_flow=parts["use_flow"], seed=cfg.seed, resize=cfg.resize)
+                               with_flow=parts["use_flow"], seed=cfg.seed, resize=cfg.resize,
+                               cache=cfg.cache_data)
     target_eval = EvalClipDataset(target_frames, target_flows, cfg.eval_frames, cfg.crop_size,
-                                  with_flow=parts["use_flow"], resize=cfg.resize)
+                                  with_flow=parts["use_flow"], resize=cfg.resize, cache=cfg.cache_data)
     uses_target_clips = parts["use_pace"] or cfg.da != "none"
     target_clips = (TargetPaceDataset(target_frames, cfg.clip_frames, cfg.crop_size,
-                                      cfg.num_paces if parts["use_pace"] else 1, seed=cfg.seed, resize=cfg.resize)
+                                      cfg.num_paces if parts["use_pace"] else 1, seed=cfg.seed, resize=cfg.resize,
+                                      cache=cfg.cache_data)
                     if uses_target_clips else None)
     num_classes = cfg.num_classes or int(max(source.labels.max(), target_eval.labels.max())) + 1
     target_labels = target_eval.labels

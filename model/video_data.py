@@ -95,7 +95,8 @@ class _StoreDataset(Dataset):
 
     stream = 0
 
-    def __init__(self, frame_paths, flow_paths=None, seed: int = 0):
+    def __init__(self, frame_paths, flow_paths=None, seed: int = 0, crop_size: int = 224, resize: int | None = None,
+                 cache: bool = False):
         self.frames = StoreCollection(_paths(frame_paths))
         flow_paths = _paths(flow_paths)
         self.flows = StoreCollection(flow_paths) if flow_paths else self.frames
@@ -103,6 +104,13 @@ class _StoreDataset(Dataset):
         self.labels = np.asarray(self.frames.labels, np.int64)
         self._num_frames = np.array([self.frames.num_frames(i) for i in self.ids], np.int64)
         self.seed, self.epoch = int(seed), 0
+        self.crop_size, self.resize, self.cache = crop_size, resize, cache
+        self._cache: dict = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}  # each process fills its own
+        return state
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,11 +122,29 @@ class _StoreDataset(Dataset):
     def _rng(self, key: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.stream, self.epoch, int(key)))
 
-    def _read(self, index: int, frame_idx: np.ndarray, with_flow: bool):
+    def _load(self, index: int, frame_idx, with_flow: bool, is_flow: bool) -> torch.Tensor:
+        """Frames (or flows at the frames' flow indices) as a resized tensor (see ``fit_short_side``)."""
         item_id, n = self.ids[index], int(self._num_frames[index])
-        rgb = rgb_to_tensor(self.frames.read_frames(item_id, frame_idx))
-        flow = flow_to_tensor(self.flows.read_flow(item_id, flow_indices(frame_idx, n))) if with_flow else None
-        return rgb, flow
+        if is_flow:
+            x = flow_to_tensor(self.flows.read_flow(item_id, None if frame_idx is None else flow_indices(frame_idx, n)))
+        else:
+            x = rgb_to_tensor(self.frames.read_frames(item_id, frame_idx))
+        return fit_short_side(x, self.crop_size, is_flow, self.resize)
+
+    def _read(self, index: int, frame_idx: np.ndarray, with_flow: bool):
+        """Resized RGB (3 x T x H x W) and flow (2 x T x H x W, or None) at ``frame_idx``. With ``cache`` the
+        whole video is decoded and resized once per process and kept in memory (small benchmarks: SYN)."""
+        if not self.cache:
+            rgb = self._load(index, frame_idx, with_flow, False)
+            return rgb, (self._load(index, frame_idx, with_flow, True) if with_flow else None)
+        key = (index, with_flow)
+        if key not in self._cache:
+            self._cache[key] = (self._load(index, None, with_flow, False),
+                                self._load(index, None, with_flow, True) if with_flow else None)
+        rgb, flow = self._cache[key]
+        idx = torch.as_tensor(frame_idx)
+        n = int(self._num_frames[index])
+        return rgb[:, idx], (flow[:, torch.as_tensor(flow_indices(frame_idx, n))] if flow is not None else None)
 
 
 class SourceClipDataset(_StoreDataset):
@@ -131,22 +157,21 @@ class SourceClipDataset(_StoreDataset):
     stream = _SOURCE_STREAM
 
     def __init__(self, frame_paths, flow_paths=None, num_frames: int = 16, crop_size: int = 224,
-                 flip: bool = True, with_flow: bool = True, seed: int = 0, resize: int | None = None):
-        super().__init__(frame_paths, flow_paths, seed)
-        self.num_frames, self.crop_size, self.flip, self.with_flow = num_frames, crop_size, flip, with_flow
-        self.resize = resize
+                 flip: bool = True, with_flow: bool = True, seed: int = 0, resize: int | None = None,
+                 cache: bool = False):
+        super().__init__(frame_paths, flow_paths, seed, crop_size, resize, cache)
+        self.num_frames, self.flip, self.with_flow = num_frames, flip, with_flow
 
     def __getitem__(self, key: int) -> dict:
         index = int(key) % len(self)
         rng = self._rng(key)
         idx = training_clip_indices(int(self._num_frames[index]), self.num_frames, rng)
         rgb, flow = self._read(index, idx, self.with_flow)
-        rgb = fit_short_side(rgb, self.crop_size, resize=self.resize)
         h, w = rgb.shape[-2:]
         top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
         rgb = crop(rgb, top, left, self.crop_size)
         if flow is not None:
-            flow = crop(fit_short_side(flow, self.crop_size, True, self.resize), top, left, self.crop_size)
+            flow = crop(flow, top, left, self.crop_size)
         if self.flip and rng.random() < 0.5:
             rgb, flow = hflip_clip(rgb, flow)
         item = {"rgb": rgb.contiguous(), "label": torch.tensor(self.labels[index]), "index": index}
@@ -164,10 +189,9 @@ class TargetPaceDataset(_StoreDataset):
     stream = _TARGET_STREAM
 
     def __init__(self, frame_paths, num_frames: int = 16, crop_size: int = 224, num_paces: int = 5,
-                 flip: bool = True, seed: int = 0, resize: int | None = None):
-        super().__init__(frame_paths, None, seed)
-        self.num_frames, self.crop_size, self.num_paces, self.flip = num_frames, crop_size, num_paces, flip
-        self.resize = resize
+                 flip: bool = True, seed: int = 0, resize: int | None = None, cache: bool = False):
+        super().__init__(frame_paths, None, seed, crop_size, resize, cache)
+        self.num_frames, self.num_paces, self.flip = num_frames, num_paces, flip
 
     def __getitem__(self, key: int) -> dict:
         index = int(key) % len(self)
@@ -176,7 +200,6 @@ class TargetPaceDataset(_StoreDataset):
         pace = int(rng.integers(1, self.num_paces + 1))
         start = int(rng.integers(0, n))
         rgb, _ = self._read(index, pace_indices(n, start, pace, self.num_frames), with_flow=False)
-        rgb = fit_short_side(rgb, self.crop_size, resize=self.resize)
         h, w = rgb.shape[-2:]
         top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
         rgb = crop(rgb, top, left, self.crop_size)
@@ -193,24 +216,23 @@ class EvalClipDataset(_StoreDataset):
     """
 
     def __init__(self, frame_paths, flow_paths=None, num_frames: int = 32, crop_size: int = 224,
-                 with_flow: bool = True, resize: int | None = None):
-        super().__init__(frame_paths, flow_paths, 0)
-        self.num_frames, self.crop_size, self.with_flow, self.resize = num_frames, crop_size, with_flow, resize
+                 with_flow: bool = True, resize: int | None = None, cache: bool = False):
+        super().__init__(frame_paths, flow_paths, 0, crop_size, resize, cache)
+        self.num_frames, self.with_flow = num_frames, with_flow
 
     def frame_indices(self, index: int) -> np.ndarray:
         return uniform_indices(int(self._num_frames[index]), self.num_frames)
 
-    def _center(self, x: torch.Tensor, is_flow: bool) -> torch.Tensor:
-        x = fit_short_side(x, self.crop_size, is_flow, self.resize)
+    def _center(self, x: torch.Tensor) -> torch.Tensor:
         top, left = center_offsets(*x.shape[-2:], self.crop_size)
         return crop(x, top, left, self.crop_size).contiguous()
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         rgb, flow = self._read(index, self.frame_indices(index), self.with_flow)
-        item = {"rgb": self._center(rgb, False), "label": torch.tensor(self.labels[index]), "index": index}
+        item = {"rgb": self._center(rgb), "label": torch.tensor(self.labels[index]), "index": index}
         if flow is not None:
-            item["flow"] = self._center(flow, True)
+            item["flow"] = self._center(flow)
         return item
 
     def bank_flow_clip(self, index: int, num_frames: int) -> torch.Tensor:
@@ -221,8 +243,7 @@ class EvalClipDataset(_StoreDataset):
         idx = idx[::step][:num_frames]
         if len(idx) < num_frames:  # fewer evaluation frames than training frames: repeat the last
             idx = np.concatenate([idx, np.full(num_frames - len(idx), idx[-1])])
-        flow = flow_to_tensor(self.flows.read_flow(self.ids[index], flow_indices(idx, int(self._num_frames[index]))))
-        return self._center(flow, True)
+        return self._center(self._load(index, idx, True, True))
 
 
 class EpochSampler(Sampler):
