@@ -110,6 +110,9 @@ class TrainConfig:
     crop_size: int = 224
     resize: int | None = None               # short side before cropping (None: frames as stored)
     cache_data: bool = False                # keep decoded, resized videos in memory (small benchmarks)
+    min_scale: float = 1.0                  # training augmentation (paper: none of these): multi-scale crop,
+    color_jitter: float = 0.0               # colour jitter strength and grayscale probability of the RGB
+    grayscale_p: float = 0.0                # training clips (source and target pace clips)
     init: str = "pretrained"                # "pretrained" | "random" (random only when asked for)
     rgb_weights: str = ""
     flow_weights: str = ""
@@ -338,15 +341,16 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
         (out_dir / "bank").mkdir(parents=True, exist_ok=True)
 
     # -- data ----------------------------------------------------------------------------------------------
+    augment = {"min_scale": cfg.min_scale, "color": cfg.color_jitter, "grayscale_p": cfg.grayscale_p}
     source = SourceClipDataset(source_frames, source_flows, cfg.clip_frames, cfg.crop_size,
                                with_flow=parts["use_flow"], seed=cfg.seed, resize=cfg.resize,
-                               cache=cfg.cache_data)
+                               cache=cfg.cache_data, **augment)
     target_eval = EvalClipDataset(target_frames, target_flows, cfg.eval_frames, cfg.crop_size,
                                   with_flow=parts["use_flow"], resize=cfg.resize, cache=cfg.cache_data)
     uses_target_clips = parts["use_pace"] or cfg.da != "none"
     target_clips = (TargetPaceDataset(target_frames, cfg.clip_frames, cfg.crop_size,
                                       cfg.num_paces if parts["use_pace"] else 1, seed=cfg.seed, resize=cfg.resize,
-                                      cache=cfg.cache_data)
+                                      cache=cfg.cache_data, **augment)
                     if uses_target_clips else None)
     num_classes = cfg.num_classes or int(max(source.labels.max(), target_eval.labels.max())) + 1
     target_labels = target_eval.labels

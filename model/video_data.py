@@ -84,6 +84,45 @@ def hflip_clip(rgb: torch.Tensor | None, flow: torch.Tensor | None):
     return rgb, flow
 
 
+def random_crop(rgb: torch.Tensor, flow: torch.Tensor | None, rng: np.random.Generator, size: int,
+                min_scale: float = 1.0):
+    """The same random square crop of RGB and flow. ``min_scale < 1`` is a multi-scale crop (like mmaction's
+    MultiScaleCrop in CycDA): the side is a random fraction in [min_scale, 1] of the short side, resized to
+    ``size`` (flow vectors scaled with it); ``min_scale = 1`` is a plain ``size`` crop."""
+    h, w = rgb.shape[-2:]
+    side = size if min_scale >= 1 else max(8, round(min(h, w) * rng.uniform(min_scale, 1.0)))
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    rgb = crop(rgb, top, left, side)
+    flow = crop(flow, top, left, side) if flow is not None else None
+    if side != size:
+        rgb = _resize(rgb, size)
+        if flow is not None:
+            flow = _resize(flow, size) * (size / side)
+    return rgb, flow
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(x.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=x.shape[-1] > size).transpose(0, 1)
+
+
+def color_jitter(rgb: torch.Tensor, rng: np.random.Generator, strength: float = 0.0, grayscale_p: float = 0.0):
+    """One random brightness, contrast and saturation change (factors in [1 - strength, 1 + strength]) and, with
+    probability ``grayscale_p``, conversion to gray, applied to the whole clip (3 x T x H x W in [-1, 1])."""
+    if strength <= 0 and grayscale_p <= 0:
+        return rgb
+    x = (rgb + 1) / 2
+    if strength > 0:
+        b, c, s = (float(rng.uniform(1 - strength, 1 + strength)) for _ in range(3))
+        x = x * b
+        x = (x - x.mean()) * c + x.mean()
+        gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+        x = gray + (x - gray) * s
+    if grayscale_p > 0 and rng.random() < grayscale_p:
+        x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None].expand(3, *x.shape[1:])
+    return x.clamp(0, 1) * 2 - 1
+
+
 def flow_indices(frame_indices: np.ndarray, num_frames: int) -> np.ndarray:
     """The flow that goes with each frame index: flow t maps frame t to t+1, so the last frame has none and
     takes the last flow (the released code pads T-1 flows to T by repeating the last one)."""
@@ -150,6 +189,8 @@ class _StoreDataset(Dataset):
 class SourceClipDataset(_StoreDataset):
     """Source training clips: ``num_frames`` consecutive frames of a synthesised source video (random start;
     the whole 16-frame video by default), random ``crop`` and horizontal flip shared by RGB and flow.
+    Optional (off by default, as in the paper): multi-scale crop (``min_scale``) and colour jitter / grayscale
+    of the RGB clip.
 
     Items: ``rgb`` 3 x T x S x S, ``flow`` 2 x T x S x S (when ``with_flow``), ``label``, ``index``.
     """
@@ -158,22 +199,20 @@ class SourceClipDataset(_StoreDataset):
 
     def __init__(self, frame_paths, flow_paths=None, num_frames: int = 16, crop_size: int = 224,
                  flip: bool = True, with_flow: bool = True, seed: int = 0, resize: int | None = None,
-                 cache: bool = False):
+                 cache: bool = False, min_scale: float = 1.0, color: float = 0.0, grayscale_p: float = 0.0):
         super().__init__(frame_paths, flow_paths, seed, crop_size, resize, cache)
         self.num_frames, self.flip, self.with_flow = num_frames, flip, with_flow
+        self.min_scale, self.color, self.grayscale_p = min_scale, color, grayscale_p
 
     def __getitem__(self, key: int) -> dict:
         index = int(key) % len(self)
         rng = self._rng(key)
         idx = training_clip_indices(int(self._num_frames[index]), self.num_frames, rng)
         rgb, flow = self._read(index, idx, self.with_flow)
-        h, w = rgb.shape[-2:]
-        top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
-        rgb = crop(rgb, top, left, self.crop_size)
-        if flow is not None:
-            flow = crop(flow, top, left, self.crop_size)
+        rgb, flow = random_crop(rgb, flow, rng, self.crop_size, self.min_scale)
         if self.flip and rng.random() < 0.5:
             rgb, flow = hflip_clip(rgb, flow)
+        rgb = color_jitter(rgb, rng, self.color, self.grayscale_p)
         item = {"rgb": rgb.contiguous(), "label": torch.tensor(self.labels[index]), "index": index}
         if flow is not None:
             item["flow"] = flow.contiguous()
@@ -189,9 +228,11 @@ class TargetPaceDataset(_StoreDataset):
     stream = _TARGET_STREAM
 
     def __init__(self, frame_paths, num_frames: int = 16, crop_size: int = 224, num_paces: int = 5,
-                 flip: bool = True, seed: int = 0, resize: int | None = None, cache: bool = False):
+                 flip: bool = True, seed: int = 0, resize: int | None = None, cache: bool = False,
+                 min_scale: float = 1.0, color: float = 0.0, grayscale_p: float = 0.0):
         super().__init__(frame_paths, None, seed, crop_size, resize, cache)
         self.num_frames, self.num_paces, self.flip = num_frames, num_paces, flip
+        self.min_scale, self.color, self.grayscale_p = min_scale, color, grayscale_p
 
     def __getitem__(self, key: int) -> dict:
         index = int(key) % len(self)
@@ -200,11 +241,10 @@ class TargetPaceDataset(_StoreDataset):
         pace = int(rng.integers(1, self.num_paces + 1))
         start = int(rng.integers(0, n))
         rgb, _ = self._read(index, pace_indices(n, start, pace, self.num_frames), with_flow=False)
-        h, w = rgb.shape[-2:]
-        top, left = int(rng.integers(0, h - self.crop_size + 1)), int(rng.integers(0, w - self.crop_size + 1))
-        rgb = crop(rgb, top, left, self.crop_size)
+        rgb, _ = random_crop(rgb, None, rng, self.crop_size, self.min_scale)
         if self.flip and rng.random() < 0.5:
             rgb, _ = hflip_clip(rgb, None)
+        rgb = color_jitter(rgb, rng, self.color, self.grayscale_p)
         return {"rgb": rgb.contiguous(), "pace_label": torch.tensor(pace - 1), "index": index}
 
 

@@ -51,7 +51,7 @@ class Train(Stage):
                                   "simw_sum, simw_mean_top5, simw_sum_top5, simw_top1, simw_random_top5")
     da = luigi.Parameter(default="", description="DA add-on (Table 4): none, dan, mcc, bnm")
     lambda3 = luigi.FloatParameter(default=-1.0, description="weight of the DA add-on (-1: from the preset)")
-    key_params = ("config",)
+    key_params = ("config", "nproc")  # DDP shards the data differently: a different run
 
     def train_config(self):
         return training_config(self.benchmark, self.variant, self.seed, aggregation=self.aggregation, da=self.da,
@@ -62,8 +62,13 @@ class Train(Stage):
         return {k: v for k, v in self.train_config().to_dict().items() if k not in RUN_ONLY_FIELDS}
 
     @property
+    def nproc(self) -> int:
+        """Processes (GPUs) for this run: [benchmark.<name>] train_nproc; > 1 launches torchrun (DDP)."""
+        return benchmark_setting(self.benchmark, "train_nproc", 1, int)
+
+    @property
     def resources(self):
-        return gpu_resources(self.benchmark)
+        return {k: v * self.nproc for k, v in gpu_resources(self.benchmark).items()}
 
     def requires(self):
         return data_stages(self.benchmark)
@@ -92,12 +97,30 @@ class Train(Stage):
             self.progress(epoch, cfg.epochs, f"epoch {epoch}/{cfg.epochs}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
 
-        result = train(self.output_dir(), source_frames=store_paths(stages["source_frames"]),
-                       target_frames=store_paths(stages["target_frames"]),
-                       source_flows=store_paths(stages["source_flows"]),
-                       target_flows=store_paths(stages["target_flows"]), config=cfg,
-                       device=stage_device(self.benchmark), on_epoch_end=on_epoch_end, **weights)
+        stores = {name: store_paths(stages[name])
+                  for name in ("source_frames", "target_frames", "source_flows", "target_flows")}
+        settings = {**cfg.to_dict(), **weights, "device": stage_device(self.benchmark)}
+        if self.nproc > 1:
+            result = self.run_torchrun(stores, settings)
+        else:
+            result = train(self.output_dir(), config=settings, on_epoch_end=on_epoch_end, **stores)
         write_json_atomic(Path(self.output().path), result)
+
+    def run_torchrun(self, stores: dict, settings: dict) -> dict:
+        """The same training loop in `nproc` processes under torchrun (DDP; gloo on CPU, nccl on CUDA).
+        torchrun restarts every process from the last finished epoch if one fails."""
+        import json
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc}",
+               "-m", "model.trainer", str(self.output_dir())]
+        for name, paths in stores.items():
+            cmd += [f"--{name.replace('_', '-')}", *paths]
+        cmd += ["--set", *(f"{k}={json.dumps(v)}" for k, v in settings.items())]
+        self.set_status_message(f"torchrun with {self.nproc} processes")
+        subprocess.run(cmd, check=True)
+        return json.loads((self.output_dir() / "result.json").read_text())
 
 
 class Evaluate(Stage):
