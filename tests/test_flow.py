@@ -3,7 +3,7 @@
 To stay fast, FlyingChairs pairs (512x384) are downscaled by 2 (images INTER_AREA, ground truth resized
 INTER_AREA and halved) and run with OpenCV's defaults except a looser stopping tolerance (EPS_05:
 epsilon 0.05 instead of 0.01), which is ~8x cheaper and moves the EPE by <0.1 px on these pairs
-(default-parameter figures at full resolution: bench/bench_flow.py --gt). The video clips run at short
+(default-parameter figures at full resolution: tests/bench/bench_flow.py --gt). The video clips run at short
 side 64 with QUICK parameters (1 scale, 1 warp, 3 iterations), where only the flow count is the point.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Source-video synthesis throughput: the vectorised warp against a per-pixel Python loop of the same warp.
 
-    python -m bench.bench_synthesis [--frames 16] [--loop-frames 2] [--repeats 3]
+    python -m tests.bench.bench_synthesis [--frames 16] [--loop-frames 2] [--repeats 3]
 
 Both paths make the same chained video of a 256x340 frame (the first frame of a real HMDB51 clip when
 ../shared/realdata is there, else a synthetic texture): warp, TELEA inpainting of the holes, depth hole
@@ -31,7 +31,7 @@ from data.synthesis import (
 )
 
 HEIGHT, WIDTH = 256, 340
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
 
 
 def _test_image() -> tuple[np.ndarray, str]:

@@ -1,7 +1,7 @@
 """Training and evaluation throughput of the two-stream I3D step, on synthetic clips (no data needed).
 
-    python -m bench.bench_train                      # CPU: widths x crops of the SYN preset search
-    python -m bench.bench_train --device cuda --quick  # GPU: 16 x 224 x 224, batch 16, fp32 vs bf16 (< 2 min)
+    python -m tests.bench.bench_train                      # CPU: widths x crops of the SYN preset search
+    python -m tests.bench.bench_train --device cuda --quick  # GPU: 16 x 224 x 224, batch 16, fp32 vs bf16 (< 2 min)
 
 One training step is what the trainer does for the FULL variant: RGB stream on the source clips and on the
 target pace clips (+ pace head), flow stream on the (bank) flow clips, losses of Eq. 6, backward, SGD.
@@ -13,13 +13,14 @@ load, so the last column divides by the process's CPU time instead (what an idle
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from model.heads import VideoPaceHead  # noqa: E402
 from model.i3d import InceptionI3d  # noqa: E402
@@ -128,8 +129,12 @@ def main(argv=None) -> int:
         try:
             r = measure(device, steps=steps, warmup=warmup, **cfg)
         except RuntimeError as e:  # out of memory, unsupported kernel: report and go on
-            print(f"{label:30s} failed: {str(e).splitlines()[0][:80]}")
+            print(f"{label:30s} failed: {str(e).splitlines()[0][:80]}", flush=True)
             continue
+        finally:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         rows.append(r)
         base = rows[0]
         print(f"{label:30s} {cfg['batch']:5d} {r['train']:14.1f} {r['train'] / base['train']:6.2f} "

@@ -3,7 +3,7 @@
 Budget at short side 256: <= 25 KB per RGB frame, <= 12 KB per flow frame, >= 500 decoded frames/s on one
 core. Flows are TV-L1 (OpenCV defaults) on a few consecutive pairs per clip.
 
-    python -m bench.bench_store [--pairs 3] [--realdata ../shared/realdata]
+    python -m tests.bench.bench_store [--pairs 3] [--realdata ../shared/realdata]
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from data import codec
 from data.store import ShardWriter, StoreReader
 from data.video import decode_video
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
 
 
 def tvl1_pairs(frames: np.ndarray, pairs: int) -> list[np.ndarray]:

@@ -1,10 +1,10 @@
 """Benchmark of the TV-L1 flow stage (data/flow.py) on the real clips in ../shared/realdata.
 
-    python -m bench.bench_flow                      # ~3 min on 2 idle cores: throughput, per-pair cost
-    python -m bench.bench_flow --pairs-per-clip 8   # more pairs, steadier figures
-    python -m bench.bench_flow --gt                 # + EPE vs FlyingChairs ground truth, full resolution,
+    python -m tests.bench.bench_flow                      # ~3 min on 2 idle cores: throughput, per-pair cost
+    python -m tests.bench.bench_flow --pairs-per-clip 8   # more pairs, steadier figures
+    python -m tests.bench.bench_flow --gt                 # + EPE vs FlyingChairs ground truth, full resolution,
                                                     #   OpenCV defaults (slow: 3-20 s a pair)
-    python -m bench.bench_flow --gt --no-throughput # only the ground-truth table
+    python -m tests.bench.bench_flow --gt --no-throughput # only the ground-truth table
 
 Figures, each against a baseline measured in the same run:
 1. Per-pair cost of the stage (`video_flows`: gray conversion once, one OpenCV object reused) against a
@@ -29,7 +29,7 @@ import numpy as np
 
 from data import flow as F
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
 
 
 def _decode(path: Path, short_side: int, max_frames: int | None) -> np.ndarray:

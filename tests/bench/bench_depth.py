@@ -4,8 +4,8 @@ Random weights (the speed does not depend on them), one representative 256x340 R
 CPU: 1 and 2 torch threads, the baseline is 1 thread of the same model. CUDA (when available): batches of 8,
 ratio against the same model's 1-thread CPU figure, and the largest CPU/CUDA difference of the depth map.
 
-    python bench/bench_depth.py            # beit_base and swin2_tiny on the CPU, every model on CUDA
-    python bench/bench_depth.py --all      # also dpt_beit_large_512 on the CPU (slow: ~1 min per thread count)
+    python tests/tests/bench/bench_depth.py            # beit_base and swin2_tiny on the CPU, every model on CUDA
+    python tests/tests/bench/bench_depth.py --all      # also dpt_beit_large_512 on the CPU (slow: ~1 min per thread count)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from model.depth import MIDAS_VARIANTS, build_midas, network_input_size, predict_inverse_depth_batch  # noqa: E402
 
 IMAGE_HW = (256, 340)

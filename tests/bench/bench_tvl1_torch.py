@@ -1,10 +1,10 @@
 """Throughput of the batched PyTorch TV-L1 (data/tvl1_torch.py) against OpenCV's DualTVL1, one process.
 
-    python -m bench.bench_tvl1_torch                         # CPU: OpenCV 1 core and pool of 2, torch
+    python -m tests.bench.bench_tvl1_torch                         # CPU: OpenCV 1 core and pool of 2, torch
                                                              #   batch 1 and 32 (a few minutes)
-    python -m bench.bench_tvl1_torch --device cuda --quick   # GPU: OpenCV 1 core baseline, CUDA check
+    python -m tests.bench.bench_tvl1_torch --device cuda --quick   # GPU: OpenCV 1 core baseline, CUDA check
                                                              #   against OpenCV, batch 64/128/256 (< 3 min)
-    python -m bench.bench_tvl1_torch --json out.json         # also write the figures as JSON
+    python -m tests.bench.bench_tvl1_torch --json out.json         # also write the figures as JSON
 
 Frames: consecutive pairs from the real clips in ../shared/realdata/videos, decoded at short side 256
 and centre-cropped to 224x224 (``--crop 0``: whole 256-short-side frames, grouped by size), converted
@@ -33,7 +33,7 @@ import torch
 
 from data.tvl1_torch import tvl1_flow_batch
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
 FLOW_BOUND = 20.0
 
 

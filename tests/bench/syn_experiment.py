@@ -1,10 +1,10 @@
 """SYN end to end without Luigi: generate SYN, make source videos and flows, write stores, train variants.
 
-    python -m bench.syn_experiment WORKDIR [--variants SO_RGB FULL ...] [--seeds 0 1 2] [--set key=value ...]
+    python -m tests.bench.syn_experiment WORKDIR [--variants SO_RGB FULL ...] [--seeds 0 1 2] [--set key=value ...]
 
 Data stages (cached in WORKDIR/data, rebuilt only when missing): ``data.syn.generate_syn`` -> per still
 ``data.synthesis.synthesize_video`` (16 frames, ground-truth inverse depth of SYN) -> ``data.flow.video_flows``
-(TV-L1) -> ``source.h5``; target videos decoded (``data.video.decode_video``) -> TV-L1 -> ``target.h5``.
+(TV-L1 with luigi.cfg's SYN settings) -> ``source.h5``; target videos decoded (``data.video.decode_video``) -> TV-L1 -> ``target.h5``.
 Then ``model.trainer.train`` with ``SYN_PRESET`` (+ ``--set`` overrides) for every variant and seed, and a
 table of last-epoch target accuracies (mean +- std over seeds) with the time each run took.
 """
@@ -19,6 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+
+# TV-L1 settings for 64-px SYN frames, as [benchmark.SYN] in luigi.cfg (shorter pyramid, fewer warps).
+SYN_TVL1 = {"nscales": 3, "warps": 2, "outer_iterations": 5}
 
 
 def _limit_threads():
@@ -42,7 +46,7 @@ def _source_item(args):
     image = load_rgb(still_path)
     inverse_depth = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535.0
     frames = synthesize_video(image, inverse_depth, num_frames=num_frames, seed=item_seed(item_id)).frames
-    return item_id, frames, video_flows(frames)
+    return item_id, frames, video_flows(frames, params=SYN_TVL1)
 
 
 def _target_item(args):
@@ -52,7 +56,7 @@ def _target_item(args):
     from data.video import decode_video
 
     frames = decode_video(path)
-    return item_id, frames, video_flows(frames)
+    return item_id, frames, video_flows(frames, params=SYN_TVL1)
 
 
 def prepare_syn(workdir, seed: int = 0, workers: int = 2, num_frames: int = 16, log=print) -> tuple[str, str]:
@@ -140,5 +144,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     raise SystemExit(main())
