@@ -82,6 +82,19 @@ def _api(port: int, method: str, **data) -> dict:
         return json.loads(r.read())["response"]
 
 
+def _wait_until_both_scheduled(port: int, procs: list, logs: list, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p, log in zip(procs, logs):
+            if p.poll() is not None:
+                pytest.fail(f"a worker exited with {p.returncode} before work began:\n{log.read_text()[-3000:]}")
+        workers = _api(port, "worker_list")
+        if len(workers) == 2 and all(w["num_pending"] == EXPECTED_TASKS for w in workers):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the two workers did not both schedule {EXPECTED_TASKS} tasks within {timeout} s")
+
+
 @pytest.fixture
 def luigid(tmp_path):
     """A central scheduler on a free loopback port with its state in the test's tmp folder."""
@@ -131,11 +144,16 @@ def test_two_workers_on_one_luigid_produce_every_shard_once_and_equal_to_a_singl
               "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid), "--workers", "1",
               "--worker-keep-alive", "--log-level", "INFO", "--no-lock"]
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    # The scheduler hands out no work until both workers have scheduled the whole graph; otherwise the worker
+    # that finishes importing first can run every task before the other one asks (seen on a loaded CI box).
+    _api(luigid, "pause")
     procs = []
     for log in logs:
         with open(log, "w") as err:
             procs.append(subprocess.Popen(worker, cwd=tmp_path, env=_env(cfg), stdout=subprocess.DEVNULL,
                                           stderr=err))
+    _wait_until_both_scheduled(luigid, procs, logs)
+    _api(luigid, "unpause")
     reference = subprocess.run([sys.executable, "-m", "luigi", "--module", "pipeline", "PrepareData", "--benchmark",
                                 "SYN", "--local-scheduler", "--workers", "1", "--no-lock"], cwd=tmp_path,
                                env=_env(single_cfg), capture_output=True, text=True, timeout=600)
