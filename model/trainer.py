@@ -71,13 +71,16 @@ PAPER_PRESETS = {
     "B2U": {**_PAPER_COMMON, "lr": 0.1, "batch_size": 32, "epochs": 30, "lambda1": 20.0, "lambda2": 0.001},
     "S2U": {**_PAPER_COMMON, "lr": 0.015, "batch_size": 32, "epochs": 20, "lambda1": 1.0, "lambda2": 0.01},
 }
-# SYN on a 2-core CPU in about a minute per variant; chosen by measurement (bench/bench_train.py,
-# bench/syn_experiment.py). Random initialisation: SYN ships no weights. The same preset for every variant.
+# SYN on a 2-core CPU in one to three minutes per variant; chosen by measurement (tests/bench/bench_train.py,
+# tests/bench/syn_experiment.py). Random initialisation, since SYN ships no weights, so the stem is trained
+# too (the paper freezes it only because it is pretrained). Decoded videos are cached in memory (SYN is 5 MB).
+# The same preset for every variant.
 SYN_PRESET = {
     "init": "random", "width_mult": 0.125, "resize": 37, "crop_size": 32, "temporal_variant": "st_i2v",
     "clip_frames": 16, "eval_frames": 32, "epochs": 20, "warmup_epochs": 10, "batch_size": 8, "lr": 0.002,
     "lr_milestones": (0.75, 0.9), "lambda1": 1.0, "lambda2": 0.5, "bank_size": 8, "num_paces": 4,
-    "bn_momentum": 0.1, "dropout": 0.0, "pace_during_warmup": True, "eval_every": 0, "threads": 1,
+    "bn_momentum": 0.1, "dropout": 0.0, "pace_during_warmup": True, "eval_every": 0, "cache_data": True,
+    "threads": 1,
 }
 PRESETS = {**PAPER_PRESETS, "SYN": SYN_PRESET}
 
@@ -100,6 +103,8 @@ class TrainConfig:
     loss_kind: str = "ce"                   # "ce" (paper) | "bce" (released code)
     aggregation: str = "random"             # flow memory bank retrieval (Table 3)
     bank_size: int = 60                     # N (released code: 50)
+    bank_labels: str = "pseudo"             # "pseudo" (the method) | "oracle": DIAGNOSTIC upper bound, the bank
+                                            # is filled by the target's true labels (needs labelled targets)
     num_paces: int = 5                      # C_vp: paces 1..C_vp (released code: 4)
     pace_hidden: int = 0                    # hidden width of the pace head (0: linear)
     pace_during_warmup: bool = False        # released code: True unless -post_vdpace
@@ -119,6 +124,8 @@ class TrainConfig:
     width_mult: float = 1.0
     temporal_variant: str = "st_i2v"
     bn_momentum: float | None = None        # None keeps I3D's 0.01
+    freeze_stem: bool | None = None         # freeze Conv3d_1a/2b/2c; None: only pretrained streams (the paper
+                                            # freezes Kinetics filters; frozen random filters only lose capacity)
     dropout: float = 0.5                    # before the logits layer (the published I3D: 0.5)
     grad_clamp: float | None = 1.0          # element-wise, as the released code's clip_gradient
     num_classes: int = 0                    # 0: from the labels
@@ -131,7 +138,7 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = [("variant", VARIANTS), ("da", DA_KINDS), ("aggregation", AGGREGATIONS), ("loss_kind", LOSS_KINDS),
-                  ("init", ("pretrained", "random"))]
+                  ("init", ("pretrained", "random")), ("bank_labels", ("pseudo", "oracle"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -191,7 +198,8 @@ def build_streams(cfg: TrainConfig, num_classes: int, pretrained: bool | None = 
             for m in net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = cfg.bn_momentum
-        return net.freeze_stem()
+        freeze = pretrained if cfg.freeze_stem is None else cfg.freeze_stem
+        return net.freeze_stem() if freeze else net
 
     rgb = stream(3, cfg.rgb_weights, "rgb_weights")
     flow = stream(2, cfg.flow_weights, "flow_weights") if cfg.parts["use_flow"] else None
@@ -355,6 +363,9 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
     num_classes = cfg.num_classes or int(max(source.labels.max(), target_eval.labels.max())) + 1
     target_labels = target_eval.labels
     labelled = bool((target_labels >= 0).all())
+    if cfg.bank_labels == "oracle" and not labelled:
+        raise ValueError("bank_labels='oracle' fills the bank with the target's true labels: every target video "
+                         "needs a label (it is a diagnostic for labelled benchmarks such as SYN)")
     per_rank = math.ceil(len(source) / world_size)
     drop_last = per_rank >= cfg.batch_size
     steps = per_rank // cfg.batch_size if drop_last else 1
@@ -427,7 +438,9 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
         if bank_active:
             if last_eval is None:
                 last_eval = evaluate_target()
-            bank.refresh(last_eval["pred"], last_eval["confidence"], last_eval["features"])
+            # oracle: what the bank gives when every pseudo label is right (separates CFB from label quality)
+            bank_classes = target_labels if cfg.bank_labels == "oracle" else last_eval["pred"]
+            bank.refresh(bank_classes, last_eval["confidence"], last_eval["features"])
             members = bank.member_indices()
             bank.set_flows(members, [target_eval.bank_flow_clip(int(i), cfg.clip_frames).to(device, torch.float16)
                                      for i in members])
@@ -435,12 +448,13 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
             if labelled:
                 in_bank = bank.in_bank()
                 row["pseudo_acc"] = float((last_eval["pred"] == target_labels).mean())
-                row["bank_precision"] = (float((last_eval["pred"][in_bank] == target_labels[in_bank]).mean())
+                row["bank_precision"] = (float((bank_classes[in_bank] == target_labels[in_bank]).mean())
                                          if in_bank.any() else None)
             if master:
                 write_bank_snapshot(out_dir / "bank" / f"epoch_{epoch:03d}.h5",
                                     bank.snapshot(target_eval.ids, target_labels),
-                                    {"epoch": epoch, "capacity": cfg.bank_size, "aggregation": cfg.aggregation})
+                                    {"epoch": epoch, "capacity": cfg.bank_size, "aggregation": cfg.aggregation,
+                                     "bank_labels": cfg.bank_labels})
 
         # 2) one pass over the source clips
         epoch_seed = seed_everything(cfg.seed, epoch, rank)

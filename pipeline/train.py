@@ -17,8 +17,8 @@ from pipeline.settings import benchmark_setting, require_path, resolve_benchmark
 # luigi.cfg keys of [benchmark.<name>] that override the training preset (model/trainer.py PRESETS).
 TRAIN_OVERRIDES = {"lr": float, "batch_size": int, "epochs": int, "lambda1": float, "lambda2": float,
                    "lambda3": float, "warmup_epochs": int, "bank_size": int, "num_paces": int,
-                   "aggregation": str, "da": str, "loss_kind": str, "amp": bool, "num_workers": int,
-                   "crop_size": int, "width_mult": float, "eval_batch_size": int}
+                   "aggregation": str, "bank_labels": str, "da": str, "loss_kind": str, "amp": bool,
+                   "num_workers": int, "crop_size": int, "width_mult": float, "eval_batch_size": int}
 # Fields that do not change the result of a run (where it runs, how fast); left out of the output key.
 RUN_ONLY_FIELDS = {"device", "num_workers", "threads", "eval_batch_size", "rgb_weights", "flow_weights"}
 
@@ -67,6 +67,15 @@ class Train(Stage):
         return benchmark_setting(self.benchmark, "train_nproc", 1, int)
 
     @property
+    def threads(self) -> int:
+        """torch threads per training process: [benchmark.<name>] train_threads, else this machine's cores
+        shared among the tasks Luigi runs at once (--workers) and torchrun's processes."""
+        from data.flow import default_workers
+
+        configured = benchmark_setting(self.benchmark, "train_threads", 0, int)
+        return configured or max(1, default_workers() // (luigi.interface.core().workers * self.nproc))
+
+    @property
     def resources(self):
         return {k: v * self.nproc for k, v in gpu_resources(self.benchmark).items()}
 
@@ -99,7 +108,7 @@ class Train(Stage):
 
         stores = {name: store_paths(stages[name])
                   for name in ("source_frames", "target_frames", "source_flows", "target_flows")}
-        settings = {**cfg.to_dict(), **weights, "device": stage_device(self.benchmark)}
+        settings = {**cfg.to_dict(), **weights, "device": stage_device(self.benchmark), "threads": self.threads}
         if self.nproc > 1:
             result = self.run_torchrun(stores, settings)
         else:

@@ -13,6 +13,17 @@ from luigi.configuration import LuigiConfigParser
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tiny_syn_config(workdir, source_shards: int = 3, target_shards: int = 2, **settings) -> str:
+    """luigi.cfg text for a SYN small enough for multi-process tests: 12 stills and 6 videos, one-level TV-L1
+    with 5 inner iterations, 2 training epochs; ``settings`` add or replace [benchmark.SYN] keys."""
+    syn = {"device": "cpu", "stills_per_class": 2, "videos_per_class": 1, "source_shards": source_shards,
+           "target_shards": target_shards, "flow_workers": 1, "tvl1_nscales": 1, "tvl1_warps": 1,
+           "tvl1_outer_iterations": 1, "tvl1_inner_iterations": 5, "epochs": 2, "warmup_epochs": 1,
+           "batch_size": 4, **settings}
+    lines = [f"{key} = {value}" for key, value in syn.items()]
+    return "\n".join(["[paths]", f"workdir = {workdir}", "", "[benchmark.SYN]", *lines, ""])
+
+
 def use_config(path: Path, text: str) -> Path:
     """Write a luigi.cfg and make it the active configuration (on top of the repository's)."""
     path.write_text(text, encoding="utf-8")

@@ -4,33 +4,12 @@ from __future__ import annotations
 import csv
 import json
 
-from tests.pipeline_helpers import run_luigi
-
-TINY_SYN = """
-[paths]
-workdir = {workdir}
-
-[benchmark.SYN]
-device = cpu
-stills_per_class = 2
-videos_per_class = 1
-source_shards = 1
-target_shards = 1
-flow_workers = 1
-tvl1_nscales = 1
-tvl1_warps = 1
-tvl1_outer_iterations = 1
-tvl1_inner_iterations = 5
-epochs = 2
-warmup_epochs = 1
-batch_size = 4
-train_nproc = {nproc}
-"""
+from tests.pipeline_helpers import run_luigi, tiny_syn_config
 
 
 def _train(tmp_path, nproc):
     cfg = tmp_path / f"luigi{nproc}.cfg"
-    cfg.write_text(TINY_SYN.format(workdir=tmp_path / "work", nproc=nproc))
+    cfg.write_text(tiny_syn_config(tmp_path / "work", source_shards=1, target_shards=1, train_nproc=nproc))
     proc = run_luigi("Train", "--benchmark", "SYN", "--variant", "FULL", config=cfg, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted((tmp_path / "work" / "Train" / "SYN").iterdir(), key=lambda p: p.stat().st_mtime)

@@ -26,27 +26,8 @@ import numpy as np
 import pytest
 
 from data.store import StoreReader, StoreWriteError, is_complete
-from tests.pipeline_helpers import REPO, build, reset_config, use_config
+from tests.pipeline_helpers import REPO, build, reset_config, tiny_syn_config, use_config
 
-TINY_SYN = """
-[paths]
-workdir = {workdir}
-
-[benchmark.SYN]
-device = cpu
-stills_per_class = 2
-videos_per_class = 1
-source_shards = 3
-target_shards = 2
-flow_workers = 1
-tvl1_nscales = 1
-tvl1_warps = 1
-tvl1_outer_iterations = 1
-tvl1_inner_iterations = 5
-epochs = 2
-warmup_epochs = 1
-batch_size = 4
-"""
 
 DRIVER = textwrap.dedent('''
     """Runs a command of the pipeline with one hook that marks a point and waits there to be killed."""
@@ -139,7 +120,7 @@ def _kill_at(point: str, cmd: list[str], cfg: Path, cwd: Path, timeout=240) -> s
 
 def _config(tmp: Path, workdir: Path) -> Path:
     cfg = tmp / f"luigi-{workdir.name}.cfg"
-    cfg.write_text(TINY_SYN.format(workdir=workdir))
+    cfg.write_text(tiny_syn_config(workdir))
     return cfg
 
 
@@ -198,7 +179,7 @@ def clean_run(tmp_path_factory):
 def in_process(tmp_path):
     """Run stages in this process against a given workdir; restores the repository config afterwards."""
     def use(workdir: Path) -> Path:
-        return use_config(tmp_path / "luigi.cfg", TINY_SYN.format(workdir=workdir))
+        return use_config(tmp_path / "luigi.cfg", tiny_syn_config(workdir))
     yield use
     reset_config()
 

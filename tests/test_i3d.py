@@ -121,6 +121,21 @@ def test_published_checkpoint_loads(published_files, modality):
         assert torch.equal(model.state_dict()[key], saved[key])
 
 
+def test_pretrained_streams_of_the_trainer_load_the_checkpoints_with_a_frozen_stem(published_files):
+    from model.trainer import TrainConfig, build_streams
+
+    cfg = TrainConfig(variant="SO_RGB_FLOW", rgb_weights=str(published_files["rgb"]),
+                      flow_weights=str(published_files["flow"]))
+    rgb, flow, _ = build_streams(cfg, num_classes=13)
+    for net, modality in ((rgb, "rgb"), (flow, "flow")):
+        saved = torch.load(published_files[modality], weights_only=True)
+        assert torch.equal(net.state_dict()["Mixed_4f.b0.conv3d.weight"], saved["Mixed_4f.b0.conv3d.weight"])
+        assert net.logits.conv3d.out_channels == 13
+        for name in ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3"):
+            assert not any(q.requires_grad for q in getattr(net, name).parameters()), (modality, name)
+        assert all(q.requires_grad for q in net.Mixed_3b.parameters())
+
+
 def test_dataparallel_prefix_and_wrapped_checkpoints_load(published_files, tmp_path):
     sd = torch.load(published_files["rgb"], weights_only=True)
     prefixed = {"module." + k: v for k, v in sd.items()}

@@ -22,24 +22,8 @@ import numpy as np
 import pytest
 
 from data.store import StoreReader
-from tests.pipeline_helpers import REPO, build, reset_config, use_config
+from tests.pipeline_helpers import REPO, build, reset_config, tiny_syn_config, use_config
 
-TINY_SYN = """
-[paths]
-workdir = {workdir}
-
-[benchmark.SYN]
-device = cpu
-stills_per_class = 2
-videos_per_class = 1
-source_shards = 3
-target_shards = 2
-flow_workers = 1
-tvl1_nscales = 1
-tvl1_warps = 1
-tvl1_outer_iterations = 1
-tvl1_inner_iterations = 5
-"""
 
 # Every task of PrepareData on this configuration: 1 + 2 indexes + 3 x (depth, synthesis, source flow)
 # + 2 x (decoding, target flow) + PrepareData itself.
@@ -53,7 +37,7 @@ def _env(cfg: Path) -> dict:
 
 def _config(tmp: Path, workdir: Path) -> Path:
     cfg = tmp / f"luigi-{workdir.name}.cfg"
-    cfg.write_text(TINY_SYN.format(workdir=workdir))
+    cfg.write_text(tiny_syn_config(workdir))
     return cfg
 
 
@@ -198,7 +182,7 @@ def test_two_workers_on_one_luigid_produce_every_shard_once_and_equal_to_a_singl
 def test_a_worker_removes_only_its_own_shards_dead_temporaries(tmp_path):
     """On a shared workdir a temporary file may belong to a live writer on another machine, whose process
     id means nothing here: a stage cleans up only the temporaries of the shard it is about to write."""
-    use_config(tmp_path / "luigi.cfg", TINY_SYN.format(workdir=tmp_path / "work"))
+    use_config(tmp_path / "luigi.cfg", tiny_syn_config(tmp_path / "work"))
     try:
         from pipeline import EstimateDepth
 

@@ -138,9 +138,15 @@ def test_variant_presets_differ_as_specified():
     assert built["FULL"][2] is not None and built["FULL"][2].num_paces == 5
     rgb = built["FULL"][0]
     assert rgb.logits.conv3d.out_channels == 4
-    for name in ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3"):
-        assert not any(p.requires_grad for p in getattr(rgb, name).parameters())
-    assert all(p.requires_grad for p in rgb.Mixed_3b.parameters())
+    stem = ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3")
+    # the paper freezes the stem of Kinetics-pretrained streams; random filters stay trainable unless asked
+    assert all(p.requires_grad for name in stem for p in getattr(rgb, name).parameters())
+    frozen, flow, _ = build_streams(TrainConfig(variant="SO_RGB_FLOW", init="random", width_mult=0.125,
+                                                freeze_stem=True), 4)
+    for net in (frozen, flow):
+        for name in stem:
+            assert not any(p.requires_grad for p in getattr(net, name).parameters())
+        assert all(p.requires_grad for p in net.Mixed_3b.parameters())
 
 
 def test_paper_presets_follow_the_protocol():
@@ -203,6 +209,30 @@ def test_resume_after_a_crash_ends_with_the_same_weights_as_an_uninterrupted_run
     assert not list(out.glob(".*tmp*"))
     # a finished run is not trained again
     assert train(out, *stores, **kw)["accuracy"] == full["accuracy"]
+
+
+def test_oracle_bank_holds_only_true_classes_and_pseudo_bank_follows_predictions(stores, tmp_path):
+    import h5py
+
+    kw = dict(TINY, variant="SO_RGB_FLOW_CFB", epochs=2, warmup_epochs=1)
+    for name, how in (("oracle", "oracle"), ("pseudo", "pseudo")):
+        train(tmp_path / name, *stores, bank_labels=how, **kw)
+    snaps, rows = {}, {}
+    for name in ("oracle", "pseudo"):
+        with h5py.File(tmp_path / name / "bank" / "epoch_001.h5", "r") as f:
+            snaps[name] = {k: f[k][()] for k in f} | {"attrs": dict(f.attrs)}
+        lines = (tmp_path / name / "metrics.csv").read_text().splitlines()
+        rows[name] = dict(zip(lines[0].split(","), lines[2].split(",")))
+    oracle, pseudo = snaps["oracle"], snaps["pseudo"]
+    assert oracle["attrs"]["bank_labels"] == "oracle" and pseudo["attrs"]["bank_labels"] == "pseudo"
+    in_bank = oracle["in_bank"].astype(bool)
+    assert in_bank.sum() == 3 * 2  # every class fills its capacity (2) from its own videos
+    assert np.array_equal(oracle["pseudo_labels"], oracle["labels"]) and float(rows["oracle"]["bank_precision"]) == 1
+    # the method's bank is filled by the predictions, right or wrong: the snapshot's classes are those whose
+    # agreement with the truth the metrics report as pseudo-label accuracy
+    assert np.isclose((pseudo["pseudo_labels"] == pseudo["labels"]).mean(), float(rows["pseudo"]["pseudo_acc"]))
+    with pytest.raises(ValueError, match="bank_labels"):
+        TrainConfig(bank_labels="truth")
 
 
 def test_resume_refuses_a_changed_configuration(stores, tmp_path):
