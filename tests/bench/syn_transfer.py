@@ -147,7 +147,8 @@ def main(argv=None) -> int:
         acc = 100 * np.array([r[name][0] for r in results])
         shares = [r[name][1] for r in results if r[name][1] is not None]
         share = f"{100 * np.mean(shares):.0f}%" if shares else "-"
-        print(f"| {name:34s} | {acc.mean():5.1f} +- {acc.std():4.1f}{'':13s} | {share:36s} |")
+        cell = f"{acc.mean():5.1f} +- {acc.std():4.1f}"
+        print(f"| {name:34s} | {cell:24s} | {share:36s} |")
     print(f"total {time.time() - t0:.0f}s")
     return 0
 
