@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data.flow import FLOW_BOUND, dequantize_flow, quantize_flow  # the one definition of the convention
+from data.flow import dequantize_flow, quantize_flow  # the one definition of the convention
 
 # name -> (image format, OpenCV parameters). The store records the name in every file.
 FRAME_ENCODINGS = {

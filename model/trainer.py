@@ -35,7 +35,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -425,7 +425,6 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
         return _gather(out, world_size)
 
     last_eval = None  # predictions of the current weights, reused as the next epoch's pseudo labels
-    result = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         bank_rng = np.random.default_rng((cfg.seed, epoch, rank, 31337))
@@ -578,6 +577,18 @@ def load_checkpoint(path, device="cpu") -> dict:
 # --------------------------------------------------------------------------------------------------------
 # Command line (also the torchrun entry point)
 
+def parse_overrides(pairs) -> dict:
+    """``["lr=0.01", "variant=FULL"]`` -> ``{"lr": 0.01, "variant": "FULL"}``: JSON values, else strings."""
+    overrides = {}
+    for kv in pairs:
+        k, v = kv.split("=", 1)
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
+    return overrides
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir")
@@ -588,13 +599,7 @@ def main(argv=None) -> int:
     p.add_argument("--benchmark", choices=sorted(PRESETS))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides (JSON values)")
     args = p.parse_args(argv)
-    overrides = {}
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
+    overrides = parse_overrides(args.set)
     train(args.out_dir, args.source_frames, args.target_frames, args.source_flows, args.target_flows,
           benchmark=args.benchmark, **overrides)
     if dist.is_initialized():

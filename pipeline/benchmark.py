@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import luigi
 
-from pipeline.base import Stage, write_json_atomic
+from pipeline.base import Stage
 from pipeline.decode import DecodeTargetVideos
 from pipeline.flow import ExtractFlow
 from pipeline.settings import benchmark_setting

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import luigi
 import numpy as np
 
 from data.images import load_rgb

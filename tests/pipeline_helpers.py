@@ -24,6 +24,40 @@ def tiny_syn_config(workdir, source_shards: int = 3, target_shards: int = 2, **s
     return "\n".join(["[paths]", f"workdir = {workdir}", "", "[benchmark.SYN]", *lines, ""])
 
 
+def write_tiny_syn_config(tmp: Path, workdir: Path) -> Path:
+    """``tiny_syn_config(workdir)`` written to ``tmp/luigi-<workdir name>.cfg`` (for subprocesses)."""
+    cfg = tmp / f"luigi-{workdir.name}.cfg"
+    cfg.write_text(tiny_syn_config(workdir))
+    return cfg
+
+
+def subprocess_env(cfg: Path) -> dict:
+    """Environment of a pipeline subprocess: this config, one numeric thread, the repository importable."""
+    return {**os.environ, "LUIGI_CONFIG_PATH": str(cfg), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """Two complete shard files hold the same items, arrays and attributes (decoded)."""
+    import h5py
+    import numpy as np
+
+    from data.store import StoreReader
+
+    ra, rb = StoreReader(a), StoreReader(b)
+    assert ra.ids == rb.ids and np.array_equal(ra.labels, rb.labels), (a, b)
+    assert ra.params == rb.params, (a, b)
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        for k in range(len(ra.ids)):
+            ga, gb = fa["items"][f"{k:07d}"], fb["items"][f"{k:07d}"]
+            assert sorted(ga) == sorted(gb) and dict(ga.attrs) == dict(gb.attrs), (a, k)
+            for name in ga:
+                va, vb = ga[name][()], gb[name][()]
+                if va.dtype == object:  # encoded frames / flows: one byte string per frame
+                    assert len(va) == len(vb) and all(np.array_equal(x, y) for x, y in zip(va, vb)), (a, name)
+                else:
+                    assert np.array_equal(va, vb), (a, name)
+
+
 def use_config(path: Path, text: str) -> Path:
     """Write a luigi.cfg and make it the active configuration (on top of the repository's)."""
     path.write_text(text, encoding="utf-8")

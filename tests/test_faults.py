@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from data.store import StoreReader, StoreWriteError, is_complete
-from tests.pipeline_helpers import REPO, build, reset_config, tiny_syn_config, use_config
+from tests.pipeline_helpers import (REPO, assert_same_store, build, reset_config, subprocess_env, tiny_syn_config,
+                                    use_config, write_tiny_syn_config)
 
 
 DRIVER = textwrap.dedent('''
@@ -80,16 +81,13 @@ DRIVER = textwrap.dedent('''
 
 # --- helpers --------------------------------------------------------------------------------------------------
 
-def _env(cfg: Path) -> dict:
-    return {**os.environ, "LUIGI_CONFIG_PATH": str(cfg), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
 def _luigi(*args: str) -> list[str]:
     return [sys.executable, "-m", "luigi", "--module", "pipeline", *args, "--local-scheduler", "--no-lock"]
 
 
 def _run(cmd, cfg: Path, cwd: Path, timeout=300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=_env(cfg), capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(cfg), capture_output=True, text=True, timeout=timeout,
+                          **kw)
 
 
 def _kill_at(point: str, cmd: list[str], cfg: Path, cwd: Path, timeout=240) -> str:
@@ -97,7 +95,7 @@ def _kill_at(point: str, cmd: list[str], cfg: Path, cwd: Path, timeout=240) -> s
     driver = cwd / "fault_driver.py"
     driver.write_text(DRIVER)
     marker = cwd / f"marker-{time.monotonic_ns()}"
-    env = {**_env(cfg), "FAULT_MARKER": str(marker), "FAULT_POINT": point}
+    env = {**subprocess_env(cfg), "FAULT_MARKER": str(marker), "FAULT_POINT": point}
     log = marker.with_suffix(".log")
     with open(log, "w") as err:  # a file, not a pipe: a full pipe would block the process before the point
         proc = subprocess.Popen([sys.executable, str(driver), *cmd], cwd=cwd, env=env, stdout=err, stderr=err,
@@ -118,12 +116,6 @@ def _kill_at(point: str, cmd: list[str], cfg: Path, cwd: Path, timeout=240) -> s
     return marker.read_text()
 
 
-def _config(tmp: Path, workdir: Path) -> Path:
-    cfg = tmp / f"luigi-{workdir.name}.cfg"
-    cfg.write_text(tiny_syn_config(workdir))
-    return cfg
-
-
 def _copy_workdir(src: Path, dst: Path, stages=None) -> Path:
     for stage_dir in sorted(src.iterdir()):
         if stages is None or stage_dir.name in stages:
@@ -141,23 +133,6 @@ def _temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".*.tmp-*")]
 
 
-def assert_same_store(a: Path, b: Path) -> None:
-    """Two complete shard files hold the same items, arrays and attributes (decoded)."""
-    ra, rb = StoreReader(a), StoreReader(b)
-    assert ra.ids == rb.ids and np.array_equal(ra.labels, rb.labels), (a, b)
-    assert ra.params == rb.params
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        for k in range(len(ra.ids)):
-            ga, gb = fa["items"][f"{k:07d}"], fb["items"][f"{k:07d}"]
-            assert sorted(ga) == sorted(gb) and dict(ga.attrs) == dict(gb.attrs)
-            for name in ga:
-                va, vb = ga[name][()], gb[name][()]
-                if va.dtype == object:  # encoded frames / flows: one byte string per frame
-                    assert len(va) == len(vb) and all(np.array_equal(x, y) for x, y in zip(va, vb)), name
-                else:
-                    assert np.array_equal(va, vb), name
-
-
 def _shard(workdir: Path, stage: str, shard: int, n: int) -> Path:
     """The shard file of a stage in a workdir holding one configuration of it."""
     (folder,) = (workdir / stage / "SYN").iterdir()
@@ -169,7 +144,7 @@ def clean_run(tmp_path_factory):
     """Every data stage of the tiny SYN, run once without faults: the reference of every comparison."""
     tmp = tmp_path_factory.mktemp("faults")
     workdir = tmp / "clean"
-    cfg = _config(tmp, workdir)
+    cfg = write_tiny_syn_config(tmp, workdir)
     proc = _run(_luigi("PrepareData", "--benchmark", "SYN"), cfg, tmp, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, workdir
@@ -192,7 +167,7 @@ def test_sigkill_during_depth_synthesis_and_flow_then_rerun_completes_equal_to_a
     A killed shard is never complete, nothing downstream runs on it, and the rerun equals a clean run."""
     _, clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work", {"GenerateSyn", "SourceIndex", "TargetIndex"})
-    cfg = _config(tmp_path, work)
+    cfg = write_tiny_syn_config(tmp_path, work)
     in_process(work)
     from pipeline import EstimateDepth, ExtractFlow, SynthesizeSourceVideos
 
@@ -230,9 +205,9 @@ def test_sigkill_during_a_training_epoch_resumes_at_the_last_finished_epoch_with
     _, clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     ref = _copy_workdir(clean, tmp_path / "ref")
-    cfg, ref_cfg = _config(tmp_path, work), _config(tmp_path, ref)
+    cfg, ref_cfg = write_tiny_syn_config(tmp_path, work), write_tiny_syn_config(tmp_path, ref)
     train = ["Train", "--benchmark", "SYN", "--variant", "FULL"]
-    reference = subprocess.Popen(_luigi(*train), cwd=tmp_path, env=_env(ref_cfg), stdout=subprocess.PIPE,
+    reference = subprocess.Popen(_luigi(*train), cwd=tmp_path, env=subprocess_env(ref_cfg), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)  # uninterrupted, alongside
     try:
         _kill_at("checkpoint:1", ["luigi", "--module", "pipeline", *train, "--local-scheduler", "--no-lock"], cfg, tmp_path)
@@ -291,7 +266,7 @@ def test_sigkill_during_an_import_leaves_no_folder_that_looks_done_and_a_rerun_i
     bundle = tmp_path / "bundle"
     share.export_bundle(tasks, bundle)
     dest = tmp_path / "dest"
-    cfg = _config(tmp_path, dest)
+    cfg = write_tiny_syn_config(tmp_path, dest)
     in_process(dest)
     shards = [DecodeTargetVideos(benchmark="SYN", shard=i) for i in range(2)] + \
              [ExtractFlow(benchmark="SYN", domain="target", shard=i) for i in range(2)]
@@ -357,7 +332,7 @@ def test_a_real_write_failure_of_the_file_system_fails_the_task_cleanly(clean_ru
     them (ENOSPC): the same path through HDF5. Before the fix this crashed h5py (segfault at close)."""
     _, clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
-    cfg = _config(tmp_path, work)
+    cfg = write_tiny_syn_config(tmp_path, work)
     shard = _shard(work, "SynthesizeSourceVideos", 0, 3)
     shard.unlink()
     shard.with_name("shard-0000-of-0003.report.json").unlink()

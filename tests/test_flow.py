@@ -24,6 +24,7 @@ from PIL import Image
 
 from data import flow as F
 from data.errors import BadInputError
+from data.video import decode_video
 from tests.conftest import REALDATA, manifest_frame_counts, require_realdata
 PAIRS = REALDATA / "flow_pairs"
 VIDEOS = REALDATA / "videos"
@@ -235,33 +236,13 @@ def test_read_flow_jpegs_reads_the_community_sample_and_rejects_gaps(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- videos, pool
-def _decode(path: Path, short_side: int) -> np.ndarray:
-    """Project decoder if present, else read with cv2.VideoCapture until it fails."""
-    try:
-        from data.video import decode_video
-    except ImportError:
-        cap = cv2.VideoCapture(str(path))
-        frames = []
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            h, w = bgr.shape[:2]
-            s = short_side / min(h, w)
-            frames.append(cv2.cvtColor(cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA),
-                                       cv2.COLOR_BGR2RGB))
-        cap.release()
-        return np.stack(frames)
-    return decode_video(path, short_side=short_side)
-
-
 def test_every_real_clip_gives_frames_minus_one_flows_through_the_pool():
     """All clips of realdata/videos, decoded inside two spawned workers (short side 64, QUICK params)."""
     _need(VIDEOS)
     counts = manifest_frame_counts(REALDATA)
     paths = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
     assert len(paths) == len(counts) == 13
-    jobs = [(p.name, functools.partial(_decode, p, 64)) for p in paths]
+    jobs = [(p.name, functools.partial(decode_video, p, 64)) for p in paths]
     results = dict(F.map_video_flows(jobs, workers=2, params=QUICK))
     assert set(results) == set(counts)
     for name, fl in results.items():
@@ -271,7 +252,7 @@ def test_every_real_clip_gives_frames_minus_one_flows_through_the_pool():
         assert np.isfinite(fl).all() and np.abs(fl).max() <= 20
     # Same bytes as in the calling process.
     name = "v_Shotput_g05_c02.avi"
-    np.testing.assert_array_equal(results[name], F.video_flows(_decode(VIDEOS / name, 64), QUICK))
+    np.testing.assert_array_equal(results[name], F.video_flows(decode_video(VIDEOS / name, 64), QUICK))
 
 
 def test_pool_reports_bad_items_and_keeps_the_good_ones(half_pairs):
@@ -279,7 +260,7 @@ def test_pool_reports_bad_items_and_keeps_the_good_ones(half_pairs):
     jobs = [
         ("good1", clip),
         ("float_frames", clip.astype(np.float32)),
-        ("missing_file", functools.partial(_decode, Path("/nonexistent/clip.mp4"), 64)),
+        ("missing_file", functools.partial(decode_video, Path("/nonexistent/clip.mp4"), 64)),
         ("worker_dies", functools.partial(os._exit, 3)),
         ("good2", clip[::-1].copy()),
         ("unpicklable", lambda: clip),

@@ -4,7 +4,6 @@ of a single-worker run (which runs alongside, with the local scheduler, in its o
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -17,28 +16,16 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
-from data.store import StoreReader
-from tests.pipeline_helpers import REPO, build, reset_config, tiny_syn_config, use_config
+from tests.pipeline_helpers import (assert_same_store, build, reset_config, subprocess_env, tiny_syn_config, use_config,
+                                    write_tiny_syn_config)
 
 
 # Every task of PrepareData on this configuration: 1 + 2 indexes + 3 x (depth, synthesis, source flow)
 # + 2 x (decoding, target flow) + PrepareData itself.
 EXPECTED_TASKS = 17
 RUNNING = re.compile(r"Worker Worker\(salt=\w+, workers=1, host=[^,]+, username=[^,]+, pid=(\d+)\) running\s+(.+)$")
-
-
-def _env(cfg: Path) -> dict:
-    return {**os.environ, "LUIGI_CONFIG_PATH": str(cfg), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-def _config(tmp: Path, workdir: Path) -> Path:
-    cfg = tmp / f"luigi-{workdir.name}.cfg"
-    cfg.write_text(tiny_syn_config(workdir))
-    return cfg
 
 
 def _free_port() -> int:
@@ -105,24 +92,9 @@ def _stores(workdir: Path) -> dict[str, Path]:
     return {str(p.relative_to(workdir)): p for p in sorted(workdir.rglob("shard-*.h5"))}
 
 
-def _assert_same_store(a: Path, b: Path) -> None:
-    ra, rb = StoreReader(a), StoreReader(b)
-    assert ra.ids == rb.ids and np.array_equal(ra.labels, rb.labels) and ra.params == rb.params, (a, b)
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        for k in range(len(ra.ids)):
-            ga, gb = fa["items"][f"{k:07d}"], fb["items"][f"{k:07d}"]
-            assert sorted(ga) == sorted(gb) and dict(ga.attrs) == dict(gb.attrs)
-            for name in ga:
-                va, vb = ga[name][()], gb[name][()]
-                if va.dtype == object:  # encoded frames / flows: one byte string per frame
-                    assert len(va) == len(vb) and all(np.array_equal(x, y) for x, y in zip(va, vb)), (a, name)
-                else:
-                    assert np.array_equal(va, vb), (a, name)
-
-
 def test_two_workers_on_one_luigid_produce_every_shard_once_and_equal_to_a_single_worker(tmp_path, luigid):
     shared, single = tmp_path / "shared", tmp_path / "single"
-    cfg, single_cfg = _config(tmp_path, shared), _config(tmp_path, single)
+    cfg, single_cfg = write_tiny_syn_config(tmp_path, shared), write_tiny_syn_config(tmp_path, single)
     # The command a user runs on every machine: same luigi.cfg, same workdir, one central scheduler.
     worker = [sys.executable, "-m", "luigi", "--module", "pipeline", "PrepareData", "--benchmark", "SYN",
               "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid), "--workers", "1",
@@ -134,13 +106,13 @@ def test_two_workers_on_one_luigid_produce_every_shard_once_and_equal_to_a_singl
     procs = []
     for log in logs:
         with open(log, "w") as err:
-            procs.append(subprocess.Popen(worker, cwd=tmp_path, env=_env(cfg), stdout=subprocess.DEVNULL,
+            procs.append(subprocess.Popen(worker, cwd=tmp_path, env=subprocess_env(cfg), stdout=subprocess.DEVNULL,
                                           stderr=err))
     _wait_until_both_scheduled(luigid, procs, logs)
     _api(luigid, "unpause")
     reference = subprocess.run([sys.executable, "-m", "luigi", "--module", "pipeline", "PrepareData", "--benchmark",
                                 "SYN", "--local-scheduler", "--workers", "1", "--no-lock"], cwd=tmp_path,
-                               env=_env(single_cfg), capture_output=True, text=True, timeout=600)
+                               env=subprocess_env(single_cfg), capture_output=True, text=True, timeout=600)
     for p in procs:
         p.wait(timeout=600)
     text = [log.read_text() for log in logs]
@@ -175,7 +147,7 @@ def test_two_workers_on_one_luigid_produce_every_shard_once_and_equal_to_a_singl
     assert sorted(got) == sorted(want) and len(got) == 3 * 3 + 2 * 2
     for rel, path in got.items():
         assert path.with_name(path.name.replace(".h5", ".report.json")).is_file(), rel
-        _assert_same_store(path, want[rel])
+        assert_same_store(path, want[rel])
     assert not list(shared.rglob(".*.tmp-*"))
 
 

@@ -136,7 +136,7 @@ def test_importing_the_same_bundle_again_changes_nothing(exported, tmp_path):
 
 
 def test_a_folder_missing_a_file_gets_only_that_file(exported, tmp_path):
-    dest = fresh_destination(tmp_path)
+    fresh_destination(tmp_path)
     share.import_bundle(exported / "bundle")
     shard = target_tasks()[0].shard_file()
     shard.unlink()

@@ -18,6 +18,7 @@ The machine's load average is printed: on a shared machine the scaling ratio is 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import sys
@@ -28,33 +29,13 @@ import cv2
 import numpy as np
 
 from data import flow as F
+from data.video import iter_frames
 
 REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
 
 
 def _decode(path: Path, short_side: int, max_frames: int | None) -> np.ndarray:
-    try:
-        from data.video import iter_frames
-    except ImportError:
-        iter_frames = None
-    frames = []
-    if iter_frames is not None:
-        for fr in iter_frames(path, short_side):
-            frames.append(fr)
-            if max_frames and len(frames) >= max_frames:
-                break
-    else:
-        cap = cv2.VideoCapture(str(path))
-        while not max_frames or len(frames) < max_frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            h, w = bgr.shape[:2]
-            s = short_side / min(h, w)
-            frames.append(cv2.cvtColor(cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA),
-                                       cv2.COLOR_BGR2RGB))
-        cap.release()
-    return np.stack(frames)
+    return np.stack(list(itertools.islice(iter_frames(path, short_side), max_frames)))
 
 
 def _naive_flows(frames: np.ndarray) -> np.ndarray:

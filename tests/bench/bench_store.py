@@ -44,27 +44,27 @@ def main() -> None:
     print(f"{len(videos)} clips, {len(all_frames)} frames, {len(flows)} TV-L1 flows at short side {args.short_side}")
 
     print("\nRGB frames   encoding   KB/frame   decode frames/s (1 core)   PSNR dB")
-    for enc in codec.FRAME_ENCODINGS:
-        bufs = [codec.encode_frame(f, enc) for f in all_frames]
-        t = time.perf_counter()
-        dec = [codec.decode_frame(b) for b in bufs]
-        rate = len(bufs) / (time.perf_counter() - t)
+    for enc, kb, rate, dec in codec_rows(all_frames, codec.FRAME_ENCODINGS, codec.encode_frame, codec.decode_frame):
         mse = np.mean([np.mean((a.astype(np.float32) - b) ** 2) for a, b in zip(all_frames, dec)])
         psnr = f"{10 * np.log10(255 ** 2 / mse):6.1f}" if mse > 0 else "lossless"
-        print(f"             {enc:9s}  {np.mean([len(b) for b in bufs]) / 1000:8.1f}   {rate:10.0f}"
-              f"                 {psnr}")
+        print(f"             {enc:9s}  {kb:8.1f}   {rate:10.0f}                 {psnr}")
 
     print("\nflow frames  encoding   KB/flow    decode flows/s (1 core)    mean EPE vs float (px)")
-    for enc in codec.FLOW_ENCODINGS:
-        bufs = [codec.encode_flow(f, enc) for f in flows]
-        t = time.perf_counter()
-        dec = [codec.decode_flow(b) for b in bufs]
-        rate = len(bufs) / (time.perf_counter() - t)
+    for enc, kb, rate, dec in codec_rows(flows, codec.FLOW_ENCODINGS, codec.encode_flow, codec.decode_flow):
         epe = np.mean([np.linalg.norm(a - b, axis=-1).mean() for a, b in zip(flows, dec)])
-        print(f"             {enc:9s}  {np.mean([len(b) for b in bufs]) / 1000:8.1f}   {rate:10.0f}"
-              f"                 {epe:8.3f}")
+        print(f"             {enc:9s}  {kb:8.1f}   {rate:10.0f}                 {epe:8.3f}")
     print(f"\nstore defaults: frames {codec.DEFAULT_FRAME_ENCODING}, flows {codec.DEFAULT_FLOW_ENCODING}")
     clip_reads(videos, frames, args.clips)
+
+
+def codec_rows(items, encodings, encode, decode):
+    """Per encoding: (name, mean KB per item, items decoded per second on one core, decoded items)."""
+    for enc in encodings:
+        bufs = [encode(x, enc) for x in items]
+        t = time.perf_counter()
+        dec = [decode(b) for b in bufs]
+        rate = len(bufs) / (time.perf_counter() - t)
+        yield enc, np.mean([len(b) for b in bufs]) / 1000, rate, dec
 
 
 def clip_reads(videos, frames, n_clips: int) -> None:

@@ -11,7 +11,6 @@ table of last-epoch target accuracies (mean +- std over seeds) with the time eac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -116,13 +115,9 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="default", help="runs go to WORKDIR/runs/TAG/VARIANT_seedS")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SYN_PRESET overrides (JSON values)")
     args = p.parse_args(argv)
-    overrides = {}
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
+    from model.trainer import parse_overrides
+
+    overrides = parse_overrides(args.set)
 
     t0 = time.time()
     source, target = prepare_syn(args.workdir, args.data_seed, args.workers)
