@@ -13,5 +13,6 @@ class BadInputError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
     def __reduce__(self):
-        # Rebuild from (path, reason) so the error crosses process boundaries (flow worker pool).
-        return (type(self), (self.path, self.reason))
+        # Rebuild from (path, reason) so the error crosses process boundaries; the state keeps notes added
+        # on the way (e.g. which flow worker raised it).
+        return (type(self), (self.path, self.reason), self.__dict__)

@@ -95,15 +95,9 @@ def random_crop(rgb: torch.Tensor, flow: torch.Tensor | None, rng: np.random.Gen
     rgb = crop(rgb, top, left, side)
     flow = crop(flow, top, left, side) if flow is not None else None
     if side != size:
-        rgb = _resize(rgb, size)
-        if flow is not None:
-            flow = _resize(flow, size) * (size / side)
+        rgb = fit_short_side(rgb, size, resize=size)
+        flow = fit_short_side(flow, size, True, size) if flow is not None else None
     return rgb, flow
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(x.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=x.shape[-1] > size).transpose(0, 1)
 
 
 def color_jitter(rgb: torch.Tensor, rng: np.random.Generator, strength: float = 0.0, grayscale_p: float = 0.0):
@@ -161,7 +155,7 @@ class _StoreDataset(Dataset):
     def _rng(self, key: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.stream, self.epoch, int(key)))
 
-    def _load(self, index: int, frame_idx, with_flow: bool, is_flow: bool) -> torch.Tensor:
+    def _load(self, index: int, frame_idx, is_flow: bool) -> torch.Tensor:
         """Frames (or flows at the frames' flow indices) as a resized tensor (see ``fit_short_side``)."""
         item_id, n = self.ids[index], int(self._num_frames[index])
         if is_flow:
@@ -170,20 +164,20 @@ class _StoreDataset(Dataset):
             x = rgb_to_tensor(self.frames.read_frames(item_id, frame_idx))
         return fit_short_side(x, self.crop_size, is_flow, self.resize)
 
-    def _read(self, index: int, frame_idx: np.ndarray, with_flow: bool):
-        """Resized RGB (3 x T x H x W) and flow (2 x T x H x W, or None) at ``frame_idx``. With ``cache`` the
-        whole video is decoded and resized once per process and kept in memory (small benchmarks: SYN)."""
+    def _stream(self, index: int, frame_idx: np.ndarray, is_flow: bool) -> torch.Tensor:
+        """Resized RGB (3 x T x H x W) or flow (2 x T x H x W) at ``frame_idx``. With ``cache`` the whole video
+        is decoded and resized once per process and kept in memory (small benchmarks: SYN)."""
         if not self.cache:
-            rgb = self._load(index, frame_idx, with_flow, False)
-            return rgb, (self._load(index, frame_idx, with_flow, True) if with_flow else None)
-        key = (index, with_flow)
+            return self._load(index, frame_idx, is_flow)
+        key = (index, is_flow)
         if key not in self._cache:
-            self._cache[key] = (self._load(index, None, with_flow, False),
-                                self._load(index, None, with_flow, True) if with_flow else None)
-        rgb, flow = self._cache[key]
-        idx = torch.as_tensor(frame_idx)
-        n = int(self._num_frames[index])
-        return rgb[:, idx], (flow[:, torch.as_tensor(flow_indices(frame_idx, n))] if flow is not None else None)
+            self._cache[key] = self._load(index, None, is_flow)
+        idx = flow_indices(frame_idx, int(self._num_frames[index])) if is_flow else frame_idx
+        return self._cache[key][:, torch.as_tensor(idx)]
+
+    def _read(self, index: int, frame_idx: np.ndarray, with_flow: bool):
+        """Resized RGB and flow (or None) at ``frame_idx``."""
+        return self._stream(index, frame_idx, False), (self._stream(index, frame_idx, True) if with_flow else None)
 
 
 class SourceClipDataset(_StoreDataset):
@@ -283,7 +277,7 @@ class EvalClipDataset(_StoreDataset):
         idx = idx[::step][:num_frames]
         if len(idx) < num_frames:  # fewer evaluation frames than training frames: repeat the last
             idx = np.concatenate([idx, np.full(num_frames - len(idx), idx[-1])])
-        return self._center(self._load(index, idx, True, True))
+        return self._center(self._stream(index, idx, True))
 
 
 class EpochSampler(Sampler):

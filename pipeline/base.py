@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -39,17 +40,19 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def remove_stale_temporaries(folder: Path, names: tuple[str, ...] | None = None) -> None:
-    """Remove temp files left by killed writers (their process no longer exists). `names`: only the
-    temporaries of these files (a shard's own), since the workdir may be shared by workers on other
-    machines, whose process ids mean nothing here."""
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove temporary files (or folders) left by killed writers of `names` (their process no longer
+    exists). Only these names' temporaries (a shard's own), since the workdir may be shared by workers on
+    other machines, whose process ids mean nothing here."""
     if not folder.is_dir():
         return
-    patterns = [f".{name}.tmp-*" for name in names] if names is not None else [".*.tmp-*"]
-    for p in (p for pattern in patterns for p in folder.glob(pattern)):
+    for p in (p for name in names for p in folder.glob(f".{name}.tmp-*")):
         m = re.search(r"\.tmp-(\d+)-", p.name)
         if m and not _pid_alive(int(m.group(1))):
-            p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 import h5py
 
 from data import store
+from pipeline.base import ShardedStage, Stage, remove_stale_temporaries, short_hash, write_json_atomic
 
 BUNDLE_FORMAT = "cfb-i2v-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -135,17 +136,14 @@ def _file_kind(name: str) -> str | None:
 def _stage_classes() -> dict:
     """Name -> class of every sharded (HDF5) stage the pipeline defines."""
     import pipeline
-    from pipeline.base import ShardedStage
 
     return {name: obj for name in dir(pipeline) if isinstance(obj := getattr(pipeline, name), type)
             and issubclass(obj, ShardedStage) and obj is not ShardedStage}
 
 
 def _upstream_chain(task) -> list[dict]:
-    """Key material of every stage `task` is computed from (depth-first, each once)."""
+    """Key material of every stage `task` is computed from (breadth-first, each once)."""
     import luigi
-
-    from pipeline.base import Stage
 
     chain, seen, todo = [], set(), list(luigi.task.flatten(task.requires()))
     while todo:
@@ -153,7 +151,7 @@ def _upstream_chain(task) -> list[dict]:
         if not isinstance(t, Stage):
             continue
         material = _canonical(t.key_material())
-        key = t.output_key()
+        key = short_hash(material)
         if (t.stage_name, key) in seen:
             continue
         seen.add((t.stage_name, key))
@@ -198,8 +196,6 @@ def select_tasks(benchmark: str, stages, domains=None, with_upstream: bool = Fal
     the ones this configuration uses). `domains` restricts stages with a domain parameter (ExtractFlow);
     None = both. `with_upstream` adds the sharded stages they are computed from."""
     import luigi
-
-    from pipeline.base import ShardedStage
 
     classes = _stage_classes()
     if isinstance(stages, str):
@@ -249,11 +245,10 @@ def export_bundle(tasks, out, workdir=None) -> dict:
     folders: dict[str, dict] = {}
     problems = []
     for task in tasks:
-        key = task.output_key()
-        rel = f"{task.stage_name}/{task.benchmark}/{key}"
+        material = _canonical(task.key_material())
+        rel = f"{task.stage_name}/{task.benchmark}/{short_hash(material)}"
         folder = folders.get(rel)
         if folder is None:
-            material = _canonical(task.key_material())
             folder = folders[rel] = {"task": task, "material": material, "shards": {}}
         src = root / rel / task.shard_file().name
         if not store.is_complete(src):
@@ -291,7 +286,7 @@ def export_bundle(tasks, out, workdir=None) -> dict:
             "versions": store.library_versions(), "store_format_version": store.FORMAT_VERSION,
             "folders": entries,
         }
-        _write_json(tmp_dir / MANIFEST, manifest)
+        write_json_atomic(tmp_dir / MANIFEST, manifest)
         store.fsync_dir(tmp_dir)
         if out.suffix == ".tar":
             _write_tar(tmp_dir, tmp)
@@ -335,7 +330,7 @@ def _export_folder(root: Path, rel: str, folder: dict, bundle: Path) -> dict:
             raise BundleError(f"cannot export {root / rel / name}:", ["the file changed while it was copied"])
         with h5py.File(copied, "r") as f:
             entry["item_count"] = int(f.attrs["item_count"])
-            entry["complete"] = int(f.attrs["complete"]) == 1
+            entry["complete"] = True  # store.is_complete(copied) above
             entry["versions"] = json.loads(f.attrs.get("versions", "{}"))
         report = root / rel / folder["shards"][shard].report_file().name
         if report.is_file():
@@ -344,14 +339,6 @@ def _export_folder(root: Path, rel: str, folder: dict, bundle: Path) -> dict:
     return {"path": rel, "stage": stage, "benchmark": benchmark, "key": key,
             "num_shards": int(material.get("num_shards", 0)), "key_material": material,
             "upstream_chain": _upstream_chain(task), "files": files}
-
-
-def _write_json(path: Path, obj) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _write_tar(folder: Path, target: Path) -> None:
@@ -365,11 +352,7 @@ def _write_tar(folder: Path, target: Path) -> None:
             info.uname = info.gname = ""
             with open(p, "rb") as fh:
                 tar.addfile(info, fh)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    store.fsync_dir(target)  # fsyncs any path, a file too
 
 
 # --- validation --------------------------------------------------------------------------------------------
@@ -494,7 +477,6 @@ def _scan_tree(root: Path, problems: list[str]) -> set[str]:
                                 "(never a pickle or other executable format)")
             else:
                 files.add(rel)
-        dirnames[:] = [d for d in dirnames if not os.path.islink(Path(dirpath) / d)]
     return files
 
 
@@ -589,8 +571,6 @@ def _check_manifest(manifest: dict, problems: list[str]) -> list[FolderPlan]:
 
 
 def _check_material(rel, stage, benchmark, key, num_shards, material, problems) -> None:
-    from pipeline.base import short_hash
-
     if short_hash(material) != key:
         problems.append(f"{rel}: the key {key} is not the hash of the recorded key material "
                         f"({short_hash(material)}): parameters were changed after export")
@@ -688,8 +668,8 @@ def _check_config(plan: FolderPlan, cls, entry: dict, problems: list[str]) -> No
     material = entry["key_material"]
     try:
         task = _task_for_folder(cls, plan.benchmark, material.get("params", {}))
-        here_key = task.output_key()
         here_material = _canonical(task.key_material())
+        here_key = short_hash(here_material)
     except Exception as e:  # a stage that cannot even be constructed here
         problems.append(f"{plan.rel}: cannot compute this stage's key under the current luigi.cfg "
                         f"({type(e).__name__}: {e})")
@@ -850,12 +830,7 @@ def _install(root: Path, workdir: Path, plan: FolderPlan) -> None:
 
 def _remove_dead_temporaries(dest: Path) -> None:
     """Temporary folders of imports that were killed (their process is gone)."""
-    from pipeline.base import _pid_alive
-
-    for p in dest.parent.glob(f".{dest.name}.tmp-*"):
-        m = re.search(r"\.tmp-(\d+)-", p.name)
-        if m and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True)
+    remove_stale_temporaries(dest.parent, (dest.name,))
 
 
 def verify(bundle, workdir=None, expect_config: bool = True) -> Bundle:
