@@ -55,7 +55,7 @@ def shard_slice(items: Sequence[Item], shard: int, num_shards: int) -> list[Item
     return ordered[shard * n // num_shards:(shard + 1) * n // num_shards]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write beside the target, fsync, rename: a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -83,6 +83,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write_bytes`` of UTF-8 text."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
 def write_items(path: str | os.PathLike, items: Sequence[Item], meta: Mapping[str, Any] | None = None) -> None:
     """Write an item list as JSON (atomically). ``meta`` is any JSON-serialisable description
     (benchmark, dataset, split, skipped files, ...). Items are stored sorted by id."""
@@ -99,7 +104,7 @@ def write_items(path: str | os.PathLike, items: Sequence[Item], meta: Mapping[st
         "items": [asdict(item) for item in sorted_items(items)],
     }
     data = json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
-    _atomic_write_bytes(Path(path), data)
+    atomic_write_bytes(Path(path), data)
 
 
 def _bad(path: Path, reason: str) -> Exception:

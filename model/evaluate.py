@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from data.items import atomic_write_text
+
 
 @torch.no_grad()
 def predict(rgb, flow, loader, device, keep_features: bool = True) -> dict:
@@ -115,7 +117,7 @@ def evaluate_run(run_dir, target_frames, target_flows=None, out_dir=None, source
     w.writerow(["id", "label", "prediction", "confidence"])
     for i, item_id in enumerate(ids):
         w.writerow([item_id, int(labels[i]), int(res["pred"][i]), f"{res['confidence'][i]:.6f}"])
-    _atomic_text(out_dir / "predictions.csv", buf.getvalue())
+    atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
 
     metrics = {"variant": cfg.variant, "seed": cfg.seed, "epoch": int(ckpt["epoch"]), "num_classes": num_classes,
                "num_videos": len(ids), "class_names": list(class_names) if class_names is not None else None,
@@ -124,14 +126,8 @@ def evaluate_run(run_dir, target_frames, target_flows=None, out_dir=None, source
         metrics.update(accuracy=summary["accuracy"],
                        per_class_accuracy=[None if np.isnan(v) else float(v) for v in summary["per_class_accuracy"]],
                        confusion=summary["confusion"].tolist(), support=summary["support"].tolist())
-    _atomic_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _atomic_npz(path: Path, arrays: dict) -> None:

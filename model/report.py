@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.items import atomic_write_text
+
 VARIANT_ORDER = ("SO_RGB", "SO_RGB_FLOW", "SO_RGB_FLOW_CFB", "FULL")
 VARIANT_LABELS = {"SO_RGB": "Source only, RGB", "SO_RGB_FLOW": "Source only, RGB + flow",
                   "SO_RGB_FLOW_CFB": "+ Category-aware Flow Memory Bank", "FULL": "+ video pace prediction (full)"}
@@ -132,7 +134,7 @@ def write_report(eval_dirs, out_dir, benchmark: str = "", class_names=None, tsne
         acc = r.get("accuracy")
         w.writerow([benchmark, r["variant"], r["seed"], "" if acc is None else f"{100 * acc:.2f}", r["epoch"] + 1,
                     r["num_videos"], r["dir"]])
-    _atomic_text(out_dir / "results.csv", buf.getvalue())
+    atomic_write_text(out_dir / "results.csv", buf.getvalue())
     files.append(out_dir / "results.csv")
 
     for v in summary:
@@ -170,7 +172,7 @@ def write_report(eval_dirs, out_dir, benchmark: str = "", class_names=None, tsne
     lines += [f"![{v}](confusion_{v}.png)" for v in summary]
     if tsne_file is not None:
         lines += ["", "## t-SNE of source and target features (Fig. 5 style)", "", f"![t-SNE]({tsne_file.name})"]
-    _atomic_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     files.append(out_dir / "report.md")
     return {"summary": summary, "files": [str(f) for f in files]}
 
@@ -178,10 +180,4 @@ def write_report(eval_dirs, out_dir, benchmark: str = "", class_names=None, tsne
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
     os.replace(tmp, path)

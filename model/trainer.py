@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
+from data.items import atomic_write_text
 from model.evaluate import accuracy_summary, predict
 from model.heads import VideoPaceHead
 from model.i3d import InceptionI3d, load_i3d
@@ -157,8 +158,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Keys that may differ between a run and its resumption (they do not change the result on one device).
-_RESUME_FREE = {"num_workers", "device", "threads", "eval_batch_size", "rgb_weights", "flow_weights", "cache_data"}
+# Fields that do not change a run's result (where it runs, how fast): a resumed run may change them, and the
+# pipeline leaves them out of the output key.
+RUN_ONLY_FIELDS = {"num_workers", "device", "threads", "eval_batch_size", "rgb_weights", "flow_weights", "cache_data"}
 
 
 def make_config(config: TrainConfig | dict | None = None, benchmark: str | None = None, **overrides) -> TrainConfig:
@@ -250,15 +252,6 @@ def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -390,7 +383,7 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         changed = sorted(k for k, v in cfg.to_dict().items()
-                         if k not in _RESUME_FREE and _plain(ckpt["config"].get(k)) != _plain(v))
+                         if k not in RUN_ONLY_FIELDS and _plain(ckpt["config"].get(k)) != _plain(v))
         if changed:
             raise ValueError(f"{ckpt_path}: the run was started with a different configuration ({', '.join(changed)}"
                              f"); use a new output directory or the same settings")
@@ -553,9 +546,9 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
     if last_eval is None:  # resumed after the last checkpoint but before result.json was written
         last_eval = evaluate_target()
     summary = {"variant": cfg.variant, "seed": cfg.seed, "epochs": cfg.epochs, "num_classes": num_classes,
-               "accuracy": (float((last_eval["pred"] == target_labels).mean()) if labelled and last_eval else None),
+               "accuracy": float((last_eval["pred"] == target_labels).mean()) if labelled else None,
                "out_dir": str(out_dir), "config": cfg.to_dict()}
-    if labelled and last_eval is not None:
+    if labelled:
         summary.update({k: (v.tolist() if hasattr(v, "tolist") else v)
                         for k, v in accuracy_summary(last_eval["pred"], target_labels, num_classes).items()
                         if k == "per_class_accuracy"})

@@ -30,6 +30,10 @@ def short_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# Errors that are not a bad item (a full disk, no memory, an interrupt): the shard stops, nothing is kept.
+FATAL_ERRORS = (KeyboardInterrupt, SystemExit, MemoryError, store.StoreWriteError)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.temporary_path_for(path)
@@ -164,8 +168,8 @@ class ShardedStage(Stage):
         for item in items:
             try:
                 self.process_item(item, writer)
-            except (KeyboardInterrupt, SystemExit, MemoryError, store.StoreWriteError):
-                raise  # a full disk is not a bad item: the shard stops, nothing is kept
+            except FATAL_ERRORS:
+                raise
             except Exception as e:  # one bad item must not cost the shard
                 failed.append((item, e))
         return failed

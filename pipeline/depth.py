@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from data.images import load_rgb
-from data.store import StoreWriteError
 from data.video import resize_short_side
-from pipeline.base import ShardedStage, index_slice
+from pipeline.base import FATAL_ERRORS, ShardedStage, index_slice
 from pipeline.device import gpu_resources, stage_device
 from pipeline.index import SourceIndex
 from pipeline.settings import benchmark_setting
@@ -129,8 +128,8 @@ class EstimateDepth(ShardedStage):
                 writer.add(item.id, label=item.label, source_path=item.path, frames=image[None],
                            arrays={"inverse_depth": norm},
                            attrs={"class_name": item.class_name, "inverse_depth_min": lo, "inverse_depth_max": hi})
-            except StoreWriteError:
-                raise  # the file system failed: the shard stops
+            except FATAL_ERRORS:
+                raise
             except Exception as e:
                 failed.append((item, e))
         return failed

@@ -31,6 +31,17 @@ def dataset_fingerprint(root: str) -> str:
     return short_hash(entries)
 
 
+@functools.lru_cache(maxsize=256)
+def _listed_root(path: str, mtime_ns: int) -> str | None:
+    """The root an items.json was listed from (None when unreadable); cached per file version because the
+    scheduler asks complete() many times and B2U's list has 13k rows."""
+    try:
+        _items, meta = read_items(path)
+    except ValueError:
+        return None
+    return meta.get("root")
+
+
 class GenerateSyn(Stage):
     """Render the SYN benchmark (stills, ground-truth depth, target videos) from its seed."""
 
@@ -90,13 +101,12 @@ class _Index(Stage):
     def complete(self) -> bool:
         """Done when items.json exists and was listed from the configured root (a moved dataset with the
         same contents is re-listed under the same key, so the item paths point to where the files are)."""
-        if not self.output().exists():
-            return False
+        path = self.output().path
         try:
-            _items, meta = read_items(self.output().path)
-        except ValueError:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
             return False
-        return meta.get("root") == str(self.dataset_root())
+        return _listed_root(path, mtime) == str(self.dataset_root())
 
     def run(self) -> None:
         benchmark = resolve_benchmark(self.benchmark)

@@ -19,8 +19,6 @@ TRAIN_OVERRIDES = {"lr": float, "batch_size": int, "epochs": int, "lambda1": flo
                    "lambda3": float, "warmup_epochs": int, "bank_size": int, "num_paces": int,
                    "aggregation": str, "bank_labels": str, "da": str, "loss_kind": str, "amp": bool,
                    "num_workers": int, "crop_size": int, "width_mult": float, "eval_batch_size": int}
-# Fields that do not change the result of a run (where it runs, how fast); left out of the output key.
-RUN_ONLY_FIELDS = {"device", "num_workers", "threads", "eval_batch_size", "rgb_weights", "flow_weights"}
 
 
 def training_config(benchmark: str, variant: str, seed: int, **extra):
@@ -59,6 +57,8 @@ class Train(Stage):
 
     @property
     def config(self) -> dict:
+        from model.trainer import RUN_ONLY_FIELDS
+
         return {k: v for k, v in self.train_config().to_dict().items() if k not in RUN_ONLY_FIELDS}
 
     @property
