@@ -11,14 +11,19 @@ REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 
 
-def require_realdata() -> Path:
-    """../shared/realdata, or skip (fail under CI, where a missing ../shared is a defect)."""
-    if not REALDATA.is_dir():
-        message = f"real test data not found at {REALDATA}"
+def require(path: Path, what: str = "real test data") -> Path:
+    """`path` if it exists, else skip (fail under CI, where a missing ../shared is a defect)."""
+    if not path.exists():
+        message = f"{what} not found at {path}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return REALDATA
+    return path
+
+
+def require_realdata() -> Path:
+    """../shared/realdata (see `require`)."""
+    return require(REALDATA)
 
 
 @pytest.fixture

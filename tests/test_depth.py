@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -29,6 +28,7 @@ from model.depth import (
     interpolate_rel_pos_table, load_midas, network_input_size, predict_inverse_depth, predict_inverse_depth_batch,
     prepare_input,
 )
+from tests.conftest import require
 
 REFERENCE_JSON = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "midas_state_dict_keys.json"
 CHECKED = ["dpt_beit_large_512", "dpt_beit_base_384", "dpt_swin2_tiny_256"]
@@ -56,11 +56,10 @@ def swin2_tiny():
 @functools.lru_cache(maxsize=None)
 def reference_keys() -> dict[str, dict[str, list[int]]]:
     """Every key and shape of the official checkpoints (timm 0.6.13 layout), from ../shared/reference."""
-    if not REFERENCE_JSON.is_file():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"missing {REFERENCE_JSON}")
-    return json.loads(REFERENCE_JSON.read_text())
+    return json.loads(require(REFERENCE_JSON, "the reference key list").read_text())
 
 
+@functools.lru_cache(maxsize=None)
 def _timm_skeleton(name: str, **kwargs):
     """A timm model with uninitialised weights and its derived buffers computed (skips timm's slow init)."""
     with torch.device("meta"):

@@ -147,7 +147,7 @@ def clean_run(tmp_path_factory):
     cfg = write_tiny_syn_config(tmp, workdir)
     proc = _run(_luigi("PrepareData", "--benchmark", "SYN"), cfg, tmp, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, workdir
+    return workdir
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_sigkill_during_depth_synthesis_and_flow_then_rerun_completes_equal_to_a
                                                                                              in_process):
     """Each stage is killed while its shard is half written; the next run (which needs that shard) redoes it.
     A killed shard is never complete, nothing downstream runs on it, and the rerun equals a clean run."""
-    _, clean = clean_run
+    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work", {"GenerateSyn", "SourceIndex", "TargetIndex"})
     cfg = write_tiny_syn_config(tmp_path, work)
     in_process(work)
@@ -202,7 +202,7 @@ def test_sigkill_during_a_training_epoch_resumes_at_the_last_finished_epoch_with
     resume could go wrong): the rerun resumes after epoch 1 and ends exactly like an uninterrupted run."""
     import torch
 
-    _, clean = clean_run
+    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     ref = _copy_workdir(clean, tmp_path / "ref")
     cfg, ref_cfg = write_tiny_syn_config(tmp_path, work), write_tiny_syn_config(tmp_path, ref)
@@ -258,7 +258,7 @@ def test_sigkill_during_an_import_leaves_no_folder_that_looks_done_and_a_rerun_i
                                                                                                    tmp_path,
                                                                                                    in_process):
     share = pytest.importorskip("pipeline.share")
-    _, clean = clean_run
+    clean = clean_run
     in_process(clean)
     from pipeline import DecodeTargetVideos, ExtractFlow
 
@@ -290,7 +290,7 @@ def test_sigkill_during_an_import_leaves_no_folder_that_looks_done_and_a_rerun_i
 def test_a_full_disk_gives_a_clear_error_and_leaves_earlier_outputs_intact(clean_run, tmp_path, in_process,
                                                                            monkeypatch):
     """Simulated in-process: the file system refuses a write in the middle of a shard (ENOSPC)."""
-    _, clean = clean_run
+    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     in_process(work)
     from data import store
@@ -330,7 +330,7 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_earlier_outputs_intact(clean
 def test_a_real_write_failure_of_the_file_system_fails_the_task_cleanly(clean_run, tmp_path, in_process):
     """The kernel refuses writes beyond a file size limit (RLIMIT_FSIZE -> EFBIG), the way a full disk refuses
     them (ENOSPC): the same path through HDF5. Before the fix this crashed h5py (segfault at close)."""
-    _, clean = clean_run
+    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     cfg = write_tiny_syn_config(tmp_path, work)
     shard = _shard(work, "SynthesizeSourceVideos", 0, 3)
@@ -361,7 +361,7 @@ def test_a_shard_whose_every_item_fails_for_a_broken_environment_is_not_taken_as
     """Seen for real when a flow worker pool could not start: every item came back as failed and an empty
     shard was written as complete, so it was never redone. Now such a shard fails and keeps nothing, while
     a shard whose items are all bad *input* is still written (empty) with its report."""
-    _, clean = clean_run
+    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work", {"GenerateSyn", "SourceIndex", "TargetIndex", "EstimateDepth"})
     in_process(work)
     import data.synthesis
@@ -417,7 +417,7 @@ CORRUPTIONS = {"truncated to half its size": _truncate_half, "first 512 bytes ov
 
 
 def test_corrupted_hdf5_files_in_the_workdir_are_detected_and_regenerated(clean_run, tmp_path, in_process):
-    _, clean = clean_run
+    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     in_process(work)
     from pipeline import DecodeTargetVideos, ExtractFlow, PrepareData, SynthesizeSourceVideos

@@ -25,7 +25,7 @@ from PIL import Image
 from data import flow as F
 from data.errors import BadInputError
 from data.video import decode_video
-from tests.conftest import REALDATA, manifest_frame_counts, require_realdata
+from tests.conftest import REALDATA, manifest_frame_counts, require
 PAIRS = REALDATA / "flow_pairs"
 VIDEOS = REALDATA / "videos"
 FORMAT_SAMPLE = REALDATA / "tvl1_format_sample"
@@ -33,15 +33,6 @@ SMALL_MOTION = ["0000000", "0000001", "0000002", "0000003"]  # MANIFEST: pairs 4
 QUICK = dict(nscales=1, warps=1, outer_iterations=1, inner_iterations=3, median_filtering=1)
 EPS_05 = dict(epsilon=0.05)
 STEP = 40.0 / 255.0  # one quantisation level in px
-
-
-def _need(path: Path) -> None:
-    require_realdata()
-    if not path.exists():
-        msg = f"real test data missing: {path}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -58,7 +49,7 @@ def _half(img: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def half_pairs():
     """id -> (img0, img1, gt) at half resolution (256x192); gt in half-resolution pixels."""
-    _need(PAIRS)
+    require(PAIRS)
     out = {}
     for pid in SMALL_MOTION:
         gt = F.read_flo(PAIRS / f"{pid}-gt.flo")
@@ -74,7 +65,7 @@ def half_flows(half_pairs):
 
 @pytest.fixture(scope="module")
 def sample_frames():
-    _need(FORMAT_SAMPLE)
+    require(FORMAT_SAMPLE)
     return np.stack([_rgb(FORMAT_SAMPLE / f"img_{i:05d}.jpg") for i in range(1, 7)])
 
 
@@ -173,7 +164,7 @@ def test_quantisation_convention():
 
 
 def test_read_flo_reads_ground_truth_and_rejects_bad_files(tmp_path):
-    _need(PAIRS)
+    require(PAIRS)
     gt = F.read_flo(PAIRS / "0000000-gt.flo")
     assert gt.shape == (384, 512, 2) and gt.dtype == np.float32 and np.isfinite(gt).all()
     raw = (PAIRS / "0000000-gt.flo").read_bytes()
@@ -222,7 +213,7 @@ def test_jpeg_export_matches_the_community_format_and_round_trips(sample_frames,
 
 
 def test_read_flow_jpegs_reads_the_community_sample_and_rejects_gaps(tmp_path):
-    _need(FORMAT_SAMPLE)
+    require(FORMAT_SAMPLE)
     ref = F.read_flow_jpegs(FORMAT_SAMPLE)
     assert ref.shape == (5, 240, 320, 2) and ref.dtype == np.float32
     assert ref.min() >= -20 and ref.max() <= 20
@@ -238,7 +229,7 @@ def test_read_flow_jpegs_reads_the_community_sample_and_rejects_gaps(tmp_path):
 # --------------------------------------------------------------------------------------- videos, pool
 def test_every_real_clip_gives_frames_minus_one_flows_through_the_pool():
     """All clips of realdata/videos, decoded inside two spawned workers (short side 64, QUICK params)."""
-    _need(VIDEOS)
+    require(VIDEOS)
     counts = manifest_frame_counts(REALDATA)
     paths = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
     assert len(paths) == len(counts) == 13

@@ -8,6 +8,7 @@ bitwise-level agreement is checked on single-scale runs where that amplification
 """
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.flow import endpoint_error, read_flo
+from data.flow import endpoint_error, frames_to_gray, read_flo
 from data.tvl1_torch import (
     TVL1_TORCH_DEFAULTS,
     centered_gradient,
@@ -32,6 +33,7 @@ from data.tvl1_torch import (
     tvl1_flow_batch_tensor,
     tvl1_flow_pairs,
 )
+from data.video import iter_frames
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MOTION_PAIRS = ("0000000", "0000001", "0000002", "0000003")
@@ -71,22 +73,10 @@ def _chairs_pair(realdata: Path, name: str, half: bool):
 
 
 def _first_frames(path: Path, count: int, short_side: int) -> np.ndarray:
-    """The first `count` frames of a clip as gray uint8, short side resized like data.video."""
-    from data.video import resize_short_side
-
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    try:
-        while len(frames) < count:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            rgb = resize_short_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), short_side)
-            frames.append(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    finally:
-        cap.release()
+    """The first `count` frames of a clip as gray uint8, decoded by data.video."""
+    frames = list(itertools.islice(iter_frames(path, short_side), count))
     assert len(frames) == count, f"{path.name}: only {len(frames)} frames decoded"
-    return np.stack(frames)
+    return frames_to_gray(np.stack(frames))
 
 
 # ----------------------------------------------------------------------------- building blocks
