@@ -4,8 +4,8 @@ Random weights (the speed does not depend on them), one representative 256x340 R
 CPU: 1 and 2 torch threads, the baseline is 1 thread of the same model. CUDA (when available): batches of 8,
 ratio against the same model's 1-thread CPU figure, and the largest CPU/CUDA difference of the depth map.
 
-    python tests/tests/bench/bench_depth.py            # beit_base and swin2_tiny on the CPU, every model on CUDA
-    python tests/tests/bench/bench_depth.py --all      # also dpt_beit_large_512 on the CPU (slow: ~1 min per thread count)
+    python -m tests.bench.bench_depth                  # beit_base and swin2_tiny on the CPU, every model on CUDA
+    python -m tests.bench.bench_depth --all            # also dpt_beit_large_512 on the CPU (slow: ~1 min per thread count)
 """
 from __future__ import annotations
 

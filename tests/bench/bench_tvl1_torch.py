@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from data.tvl1_torch import tvl1_flow_batch
+from data.tvl1_torch import tvl1_flow_pairs
 
 REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
 FLOW_BOUND = 20.0
@@ -137,16 +137,7 @@ def _group_by_size(pairs):
 
 def run_torch(pairs, device: str, batch: int) -> list[np.ndarray]:
     """Flows of all pairs, `batch` at a time (pairs of one size per batch), in input order."""
-    index = {id(p): k for k, p in enumerate(pairs)}
-    out: list = [None] * len(pairs)
-    for group in _group_by_size(pairs):
-        for s in range(0, len(group), batch):
-            chunk = group[s : s + batch]
-            prev = np.stack([p[0] for p in chunk])
-            nxt = np.stack([p[1] for p in chunk])
-            for p, f in zip(chunk, tvl1_flow_batch(prev, nxt, device=device)):
-                out[index[id(p)]] = f
-    return out
+    return tvl1_flow_pairs(pairs, device=device, batch_size=batch)
 
 
 def time_torch(pairs, device: str, batch: int) -> float:
