@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from data.atomic import atomic_write_bytes
 
 ITEMS_FORMAT = "cfb-i2v-items"
 ITEMS_FORMAT_VERSION = 1
@@ -53,39 +54,6 @@ def shard_slice(items: Sequence[Item], shard: int, num_shards: int) -> list[Item
     ordered = sorted_items(items)
     n = len(ordered)
     return ordered[shard * n // num_shards:(shard + 1) * n // num_shards]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write beside the target, fsync, rename: a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not every file system lets a directory be opened
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """``atomic_write_bytes`` of UTF-8 text."""
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def write_items(path: str | os.PathLike, items: Sequence[Item], meta: Mapping[str, Any] | None = None) -> None:

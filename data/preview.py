@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from data.atomic import atomic_write
+
 # Middlebury colour wheel: number of hues in each transition red-yellow-green-cyan-blue-magenta-red.
 _WHEEL_SEGMENTS = (("RY", 15), ("YG", 6), ("GC", 4), ("CB", 11), ("BM", 13), ("MR", 6))
 
@@ -151,16 +153,6 @@ def contact_sheet(
     return np.concatenate(rows, axis=0)
 
 
-def _atomic_save(path: Path, save) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_preview(
     frames: np.ndarray,
     inverse_depth: np.ndarray | None,
@@ -180,7 +172,7 @@ def write_preview(
     out_dir.mkdir(parents=True, exist_ok=True)
     gif_path, png_path = out_dir / f"{name}.gif", out_dir / f"{name}.png"
     images = [Image.fromarray(f) for f in frames]
-    _atomic_save(gif_path, lambda p: images[0].save(
+    atomic_write(gif_path, lambda p: images[0].save(
         p, format="GIF", save_all=True, append_images=images[1:], duration=max(20, round(1000 / fps)), loop=0))
-    _atomic_save(png_path, lambda p: Image.fromarray(sheet).save(p, format="PNG"))
+    atomic_write(png_path, lambda p: Image.fromarray(sheet).save(p, format="PNG"))
     return gif_path, png_path

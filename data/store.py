@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import h5py
 import numpy as np
 
 from data import codec
+from data.atomic import fsync_path, temporary_path_for
 
 FORMAT_VERSION = 1
 _VLEN_U8 = h5py.vlen_dtype(np.uint8)
@@ -46,21 +46,6 @@ def library_versions() -> dict:
     except ImportError:  # pragma: no cover - torch is a hard dependency, but the store does not need it
         pass
     return versions
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a rename durable (POSIX: the directory entry lives in the parent directory)."""
-    fd = os.open(os.fspath(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temporary_path_for(target: str | os.PathLike) -> Path:
-    """A unique temporary name beside `target` (same directory, so the final rename is atomic)."""
-    target = Path(target)
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 class StoreWriteError(OSError):
@@ -181,13 +166,9 @@ class ShardWriter:
             f.flush()
             a["complete"] = 1  # last: a file without it is never taken as finished
             f.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(tmp)
             os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
+            fsync_path(self.path.parent)
         except BaseException as e:
             try:
                 if f.id.valid:

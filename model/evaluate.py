@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data.items import atomic_write_text
+from data.atomic import atomic_write, atomic_write_text
 
 
 @torch.no_grad()
@@ -131,6 +130,4 @@ def evaluate_run(run_dir, target_frames, target_flows=None, out_dir=None, source
 
 
 def _atomic_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")  # numpy adds a missing .npz

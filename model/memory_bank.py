@@ -24,13 +24,14 @@ Classes with an empty bank keep the source sample's own flow.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from data.atomic import atomic_write
 
 AGGREGATIONS = ("random", "mean", "simw_sum", "simw_mean_top5", "simw_sum_top5", "simw_top1", "simw_random_top5")
 
@@ -165,9 +166,7 @@ def _similarity_weights(sims: np.ndarray) -> np.ndarray:
 
 def write_bank_snapshot(path, arrays: dict, attrs: dict | None = None) -> None:
     """Write the snapshot arrays to HDF5 atomically (temporary file beside it, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             for name, value in arrays.items():
                 value = np.asarray(value)
@@ -178,11 +177,8 @@ def write_bank_snapshot(path, arrays: dict, attrs: dict | None = None) -> None:
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             f.attrs["complete"] = 1
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 def read_bank_snapshot(path) -> dict:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from data.items import atomic_write_text
+from data.atomic import atomic_write, atomic_write_text
 
 VARIANT_ORDER = ("SO_RGB", "SO_RGB_FLOW", "SO_RGB_FLOW_CFB", "FULL")
 VARIANT_LABELS = {"SO_RGB": "Source only, RGB", "SO_RGB_FLOW": "Source only, RGB + flow",
@@ -178,6 +177,4 @@ def write_report(eval_dirs, out_dir, benchmark: str = "", class_names=None, tsne
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, fig.savefig, suffix=path.suffix)  # savefig picks the format by extension

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from data.items import atomic_write_text
+from data.atomic import atomic_write, atomic_write_text
 from model.evaluate import accuracy_summary, predict
 from model.heads import VideoPaceHead
 from model.i3d import InceptionI3d, load_i3d
@@ -249,12 +249,7 @@ def rng_states() -> dict:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 METRIC_FIELDS = ["epoch", "lr", "loss", "loss_c", "loss_loc", "loss_vc", "loss_da", "pace_acc", "train_acc",

@@ -19,6 +19,7 @@ import luigi
 from tqdm import tqdm
 
 from data import store
+from data.atomic import atomic_write_text
 from data.errors import BadInputError
 from data.items import read_items, shard_slice
 from pipeline.settings import benchmark_setting, workdir
@@ -35,13 +36,7 @@ FATAL_ERRORS = (KeyboardInterrupt, SystemExit, MemoryError, store.StoreWriteErro
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store.temporary_path_for(path)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> None:

@@ -43,8 +43,10 @@ import time
 from pathlib import Path, PurePosixPath
 
 import h5py
+import luigi
 
 from data import store
+from data.atomic import fsync_path, temporary_path_for
 from pipeline.base import ShardedStage, Stage, remove_stale_temporaries, short_hash, write_json_atomic
 
 BUNDLE_FORMAT = "cfb-i2v-bundle"
@@ -81,6 +83,12 @@ class ImportStopped(BundleError):
 def _canonical(obj):
     """The JSON form of an object, as params.json and short_hash see it."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _material_and_key(task: Stage) -> tuple[dict, str]:
+    """A stage's key material in its JSON form, and the folder key it gives (``Stage.output_key``)."""
+    material = _canonical(task.key_material())
+    return material, short_hash(material)
 
 
 def _sha256_file(path: Path) -> tuple[int, str]:
@@ -143,15 +151,12 @@ def _stage_classes() -> dict:
 
 def _upstream_chain(task) -> list[dict]:
     """Key material of every stage `task` is computed from (breadth-first, each once)."""
-    import luigi
-
     chain, seen, todo = [], set(), list(luigi.task.flatten(task.requires()))
     while todo:
         t = todo.pop(0)
         if not isinstance(t, Stage):
             continue
-        material = _canonical(t.key_material())
-        key = short_hash(material)
+        material, key = _material_and_key(t)
         if (t.stage_name, key) in seen:
             continue
         seen.add((t.stage_name, key))
@@ -195,8 +200,6 @@ def select_tasks(benchmark: str, stages, domains=None, with_upstream: bool = Fal
     """Every shard's task of the named stages under the current luigi.cfg (so the exported keys are exactly
     the ones this configuration uses). `domains` restricts stages with a domain parameter (ExtractFlow);
     None = both. `with_upstream` adds the sharded stages they are computed from."""
-    import luigi
-
     classes = _stage_classes()
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
@@ -245,8 +248,8 @@ def export_bundle(tasks, out, workdir=None) -> dict:
     folders: dict[str, dict] = {}
     problems = []
     for task in tasks:
-        material = _canonical(task.key_material())
-        rel = f"{task.stage_name}/{task.benchmark}/{short_hash(material)}"
+        material, key = _material_and_key(task)
+        rel = f"{task.stage_name}/{task.benchmark}/{key}"
         folder = folders.get(rel)
         if folder is None:
             folder = folders[rel] = {"task": task, "material": material, "shards": {}}
@@ -273,7 +276,7 @@ def export_bundle(tasks, out, workdir=None) -> dict:
     if problems:
         raise BundleError(f"cannot export from {root}:", problems)
 
-    tmp = store.temporary_path_for(out)
+    tmp = temporary_path_for(out)
     tmp_dir = tmp.with_name(tmp.name + ".d") if out.suffix == ".tar" else tmp
     try:
         tmp_dir.mkdir(parents=True)
@@ -287,12 +290,12 @@ def export_bundle(tasks, out, workdir=None) -> dict:
             "folders": entries,
         }
         write_json_atomic(tmp_dir / MANIFEST, manifest)
-        store.fsync_dir(tmp_dir)
+        fsync_path(tmp_dir)
         if out.suffix == ".tar":
             _write_tar(tmp_dir, tmp)
             shutil.rmtree(tmp_dir)
         os.rename(tmp, out)
-        store.fsync_dir(out.resolve().parent)
+        fsync_path(out.resolve().parent)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if tmp.is_file():
@@ -352,7 +355,7 @@ def _write_tar(folder: Path, target: Path) -> None:
             info.uname = info.gname = ""
             with open(p, "rb") as fh:
                 tar.addfile(info, fh)
-    store.fsync_dir(target)  # fsyncs any path, a file too
+    fsync_path(target)
 
 
 # --- validation --------------------------------------------------------------------------------------------
@@ -668,8 +671,7 @@ def _check_config(plan: FolderPlan, cls, entry: dict, problems: list[str]) -> No
     material = entry["key_material"]
     try:
         task = _task_for_folder(cls, plan.benchmark, material.get("params", {}))
-        here_material = _canonical(task.key_material())
-        here_key = short_hash(here_material)
+        here_material, here_key = _material_and_key(task)
     except Exception as e:  # a stage that cannot even be constructed here
         problems.append(f"{plan.rel}: cannot compute this stage's key under the current luigi.cfg "
                         f"({type(e).__name__}: {e})")
@@ -797,13 +799,13 @@ def _install(root: Path, workdir: Path, plan: FolderPlan) -> None:
 
     if plan.state == "new":
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_temporaries(dest)
-        tmp = store.temporary_path_for(dest)
+        remove_stale_temporaries(dest.parent, (dest.name,))  # folders of killed imports
+        tmp = temporary_path_for(dest)
         tmp.mkdir()
         try:
             for f in ordered:
                 copy(f, tmp / f["path"].rsplit("/", 1)[1])
-            store.fsync_dir(tmp)
+            fsync_path(tmp)
             try:
                 os.rename(tmp, dest)  # fails (and nothing changes) if the folder appeared meanwhile
             except OSError as e:
@@ -812,11 +814,11 @@ def _install(root: Path, workdir: Path, plan: FolderPlan) -> None:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        store.fsync_dir(dest.parent)
+        fsync_path(dest.parent)
     else:  # the folder exists with part of the files (e.g. other shards computed here): add the rest
         for f in ordered:
             final = workdir / f["path"]
-            tmp = store.temporary_path_for(final)
+            tmp = temporary_path_for(final)
             try:
                 copy(f, tmp)
                 if final.exists():
@@ -825,12 +827,7 @@ def _install(root: Path, workdir: Path, plan: FolderPlan) -> None:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-        store.fsync_dir(dest)
-
-
-def _remove_dead_temporaries(dest: Path) -> None:
-    """Temporary folders of imports that were killed (their process is gone)."""
-    remove_stale_temporaries(dest.parent, (dest.name,))
+        fsync_path(dest)
 
 
 def verify(bundle, workdir=None, expect_config: bool = True) -> Bundle:
@@ -842,8 +839,6 @@ def verify(bundle, workdir=None, expect_config: bool = True) -> Bundle:
 # --- command line ------------------------------------------------------------------------------------------
 
 def _use_workdir(workdir) -> None:
-    import pipeline.settings  # noqa: F401 -- installs the default luigi.cfg first (a later reload would drop this)
-
     if workdir:
         from luigi.configuration import get_config
 
