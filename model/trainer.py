@@ -540,13 +540,11 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
 
     if last_eval is None:  # resumed after the last checkpoint but before result.json was written
         last_eval = evaluate_target()
+    scores = accuracy_summary(last_eval["pred"], target_labels, num_classes) if labelled else None
     summary = {"variant": cfg.variant, "seed": cfg.seed, "epochs": cfg.epochs, "num_classes": num_classes,
-               "accuracy": float((last_eval["pred"] == target_labels).mean()) if labelled else None,
-               "out_dir": str(out_dir), "config": cfg.to_dict()}
-    if labelled:
-        summary.update({k: (v.tolist() if hasattr(v, "tolist") else v)
-                        for k, v in accuracy_summary(last_eval["pred"], target_labels, num_classes).items()
-                        if k == "per_class_accuracy"})
+               "accuracy": scores["accuracy"] if scores else None, "out_dir": str(out_dir), "config": cfg.to_dict()}
+    if scores:
+        summary["per_class_accuracy"] = scores["per_class_accuracy"].tolist()
     if master:
         atomic_write_text(out_dir / "result.json", json.dumps(summary, indent=1))
     return summary

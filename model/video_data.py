@@ -155,29 +155,30 @@ class _StoreDataset(Dataset):
     def _rng(self, key: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.stream, self.epoch, int(key)))
 
-    def _load(self, index: int, frame_idx, is_flow: bool) -> torch.Tensor:
-        """Frames (or flows at the frames' flow indices) as a resized tensor (see ``fit_short_side``)."""
-        item_id, n = self.ids[index], int(self._num_frames[index])
+    def _load(self, index: int, idx, is_flow: bool) -> torch.Tensor:
+        """Frames, or flows, at store indices ``idx`` (None: all) as a resized tensor (see ``fit_short_side``)."""
+        item_id = self.ids[index]
         if is_flow:
-            x = flow_to_tensor(self.flows.read_flow(item_id, None if frame_idx is None else flow_indices(frame_idx, n)))
+            x = flow_to_tensor(self.flows.read_flow(item_id, idx))
         else:
-            x = rgb_to_tensor(self.frames.read_frames(item_id, frame_idx))
+            x = rgb_to_tensor(self.frames.read_frames(item_id, idx))
         return fit_short_side(x, self.crop_size, is_flow, self.resize)
 
-    def _stream(self, index: int, frame_idx: np.ndarray, is_flow: bool) -> torch.Tensor:
-        """Resized RGB (3 x T x H x W) or flow (2 x T x H x W) at ``frame_idx``. With ``cache`` the whole video
-        is decoded and resized once per process and kept in memory (small benchmarks: SYN)."""
+    def _clip(self, index: int, frame_idx: np.ndarray, is_flow: bool) -> torch.Tensor:
+        """Resized RGB (3 x T x H x W) or flow (2 x T x H x W) at ``frame_idx`` (flows at the frames' flow
+        indices). With ``cache`` the whole video is decoded and resized once per process and kept in memory
+        (small benchmarks: SYN)."""
+        idx = flow_indices(frame_idx, int(self._num_frames[index])) if is_flow else frame_idx
         if not self.cache:
-            return self._load(index, frame_idx, is_flow)
+            return self._load(index, idx, is_flow)
         key = (index, is_flow)
         if key not in self._cache:
             self._cache[key] = self._load(index, None, is_flow)
-        idx = flow_indices(frame_idx, int(self._num_frames[index])) if is_flow else frame_idx
         return self._cache[key][:, torch.as_tensor(idx)]
 
     def _read(self, index: int, frame_idx: np.ndarray, with_flow: bool):
         """Resized RGB and flow (or None) at ``frame_idx``."""
-        return self._stream(index, frame_idx, False), (self._stream(index, frame_idx, True) if with_flow else None)
+        return self._clip(index, frame_idx, False), (self._clip(index, frame_idx, True) if with_flow else None)
 
 
 class SourceClipDataset(_StoreDataset):
@@ -277,7 +278,7 @@ class EvalClipDataset(_StoreDataset):
         idx = idx[::step][:num_frames]
         if len(idx) < num_frames:  # fewer evaluation frames than training frames: repeat the last
             idx = np.concatenate([idx, np.full(num_frames - len(idx), idx[-1])])
-        return self._center(self._stream(index, idx, True))
+        return self._center(self._clip(index, idx, True))
 
 
 class EpochSampler(Sampler):
