@@ -32,9 +32,10 @@ def dataset_fingerprint(root: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _listed_root(path: str, mtime_ns: int) -> str | None:
-    """The root an items.json was listed from (None when unreadable); cached per file version because the
-    scheduler asks complete() many times and B2U's list has 13k rows."""
+def _listed_root(path: str, version: tuple) -> str | None:
+    """The root an items.json was listed from (None when unreadable); cached per file version (mtime, inode
+    and size: a rewrite is a rename, a new inode, even where timestamps are coarse) because the scheduler
+    asks complete() many times and B2U's list has 13k rows."""
     try:
         _items, meta = read_items(path)
     except ValueError:
@@ -103,10 +104,10 @@ class _Index(Stage):
         same contents is re-listed under the same key, so the item paths point to where the files are)."""
         path = self.output().path
         try:
-            mtime = os.stat(path).st_mtime_ns
+            st = os.stat(path)
         except FileNotFoundError:
             return False
-        return _listed_root(path, mtime) == str(self.dataset_root())
+        return _listed_root(path, (st.st_mtime_ns, st.st_ino, st.st_size)) == str(self.dataset_root())
 
     def run(self) -> None:
         benchmark = resolve_benchmark(self.benchmark)

@@ -69,7 +69,8 @@ class Train(Stage):
     @property
     def threads(self) -> int:
         """torch threads per training process: [benchmark.<name>] train_threads, else this machine's cores
-        shared among the tasks Luigi runs at once (--workers) and torchrun's processes."""
+        shared among the tasks Luigi runs at once (the command's --workers, i.e. [core] workers: luigi.build's
+        workers argument does not reach core()) and torchrun's processes."""
         from data.flow import default_workers
 
         configured = benchmark_setting(self.benchmark, "train_threads", 0, int)
