@@ -140,7 +140,7 @@ def _shard(workdir: Path, stage: str, shard: int, n: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
+def clean(tmp_path_factory):
     """Every data stage of the tiny SYN, run once without faults: the reference of every comparison."""
     tmp = tmp_path_factory.mktemp("faults")
     workdir = tmp / "clean"
@@ -161,11 +161,10 @@ def in_process(tmp_path):
 
 # --- SIGKILL --------------------------------------------------------------------------------------------------
 
-def test_sigkill_during_depth_synthesis_and_flow_then_rerun_completes_equal_to_a_clean_run(clean_run, tmp_path,
-                                                                                             in_process):
+def test_sigkill_during_depth_synthesis_and_flow_then_rerun_completes_equal_to_a_clean_run(clean, tmp_path,
+                                                                                         in_process):
     """Each stage is killed while its shard is half written; the next run (which needs that shard) redoes it.
     A killed shard is never complete, nothing downstream runs on it, and the rerun equals a clean run."""
-    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work", {"GenerateSyn", "SourceIndex", "TargetIndex"})
     cfg = write_tiny_syn_config(tmp_path, work)
     in_process(work)
@@ -196,13 +195,11 @@ def test_sigkill_during_depth_synthesis_and_flow_then_rerun_completes_equal_to_a
         assert not list(task.output_dir().glob(".*.tmp-*")), f"{stage}: the dead writer's temporary is removed"
 
 
-def test_sigkill_during_a_training_epoch_resumes_at_the_last_finished_epoch_with_the_same_result(clean_run,
-                                                                                                 tmp_path):
+def test_sigkill_during_a_training_epoch_resumes_at_the_last_finished_epoch_with_the_same_result(clean, tmp_path):
     """Killed in epoch 2 after its metrics row was written but before its checkpoint (the point where a
     resume could go wrong): the rerun resumes after epoch 1 and ends exactly like an uninterrupted run."""
     import torch
 
-    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     ref = _copy_workdir(clean, tmp_path / "ref")
     cfg, ref_cfg = write_tiny_syn_config(tmp_path, work), write_tiny_syn_config(tmp_path, ref)
@@ -254,11 +251,9 @@ def test_sigkill_during_a_training_epoch_resumes_at_the_last_finished_epoch_with
     assert not _temporaries(out_dir)
 
 
-def test_sigkill_during_an_import_leaves_no_folder_that_looks_done_and_a_rerun_imports_everything(clean_run,
-                                                                                                   tmp_path,
+def test_sigkill_during_an_import_leaves_no_folder_that_looks_done_and_a_rerun_imports_everything(clean, tmp_path,
                                                                                                    in_process):
     share = pytest.importorskip("pipeline.share")
-    clean = clean_run
     in_process(clean)
     from pipeline import DecodeTargetVideos, ExtractFlow
 
@@ -287,10 +282,9 @@ def test_sigkill_during_an_import_leaves_no_folder_that_looks_done_and_a_rerun_i
 
 # --- full disk ------------------------------------------------------------------------------------------------
 
-def test_a_full_disk_gives_a_clear_error_and_leaves_earlier_outputs_intact(clean_run, tmp_path, in_process,
-                                                                           monkeypatch):
+def test_a_full_disk_gives_a_clear_error_and_leaves_earlier_outputs_intact(clean, tmp_path, in_process,
+                                                                       monkeypatch):
     """Simulated in-process: the file system refuses a write in the middle of a shard (ENOSPC)."""
-    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     in_process(work)
     from data import store
@@ -327,10 +321,9 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_earlier_outputs_intact(clean
     assert_same_store(task.shard_file(), clean / task.shard_file().relative_to(work))
 
 
-def test_a_real_write_failure_of_the_file_system_fails_the_task_cleanly(clean_run, tmp_path, in_process):
+def test_a_real_write_failure_of_the_file_system_fails_the_task_cleanly(clean, tmp_path, in_process):
     """The kernel refuses writes beyond a file size limit (RLIMIT_FSIZE -> EFBIG), the way a full disk refuses
     them (ENOSPC): the same path through HDF5. Before the fix this crashed h5py (segfault at close)."""
-    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work")
     cfg = write_tiny_syn_config(tmp_path, work)
     shard = _shard(work, "SynthesizeSourceVideos", 0, 3)
@@ -356,12 +349,11 @@ def test_a_real_write_failure_of_the_file_system_fails_the_task_cleanly(clean_ru
     assert_same_store(shard, clean / shard.relative_to(work))
 
 
-def test_a_shard_whose_every_item_fails_for_a_broken_environment_is_not_taken_as_complete(clean_run, tmp_path,
-                                                                                             in_process, monkeypatch):
+def test_a_shard_whose_every_item_fails_for_a_broken_environment_is_not_taken_as_complete(clean, tmp_path,
+                                                                                         in_process, monkeypatch):
     """Seen for real when a flow worker pool could not start: every item came back as failed and an empty
     shard was written as complete, so it was never redone. Now such a shard fails and keeps nothing, while
     a shard whose items are all bad *input* is still written (empty) with its report."""
-    clean = clean_run
     work = _copy_workdir(clean, tmp_path / "work", {"GenerateSyn", "SourceIndex", "TargetIndex", "EstimateDepth"})
     in_process(work)
     import data.synthesis
@@ -416,8 +408,7 @@ CORRUPTIONS = {"truncated to half its size": _truncate_half, "first 512 bytes ov
                "zero bytes": _empty}
 
 
-def test_corrupted_hdf5_files_in_the_workdir_are_detected_and_regenerated(clean_run, tmp_path, in_process):
-    clean = clean_run
+def test_corrupted_hdf5_files_in_the_workdir_are_detected_and_regenerated(clean, tmp_path, in_process):
     work = _copy_workdir(clean, tmp_path / "work")
     in_process(work)
     from pipeline import DecodeTargetVideos, ExtractFlow, PrepareData, SynthesizeSourceVideos

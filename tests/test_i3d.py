@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.i3d import InceptionI3d, checkpoint_filter_fn, load_i3d, load_pretrained
+from model.i3d import STEM, InceptionI3d, checkpoint_filter_fn, load_i3d, load_pretrained
 
 torch.set_num_threads(1)
 
@@ -131,7 +131,7 @@ def test_pretrained_streams_of_the_trainer_load_the_checkpoints_with_a_frozen_st
         saved = torch.load(published_files[modality], weights_only=True)
         assert torch.equal(net.state_dict()["Mixed_4f.b0.conv3d.weight"], saved["Mixed_4f.b0.conv3d.weight"])
         assert net.logits.conv3d.out_channels == 13
-        for name in ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3"):
+        for name in STEM:
             assert not any(q.requires_grad for q in getattr(net, name).parameters()), (modality, name)
         assert all(q.requires_grad for q in net.Mixed_3b.parameters())
 

@@ -95,15 +95,14 @@ def _stores(workdir: Path) -> dict[str, Path]:
 def test_two_workers_on_one_luigid_produce_every_shard_once_and_equal_to_a_single_worker(tmp_path, luigid):
     shared, single = tmp_path / "shared", tmp_path / "single"
     cfg, single_cfg = write_tiny_syn_config(tmp_path, shared), write_tiny_syn_config(tmp_path, single)
-    # An idle Luigi worker asks for work every wait_interval + uniform(0, wait_jitter) seconds, 1 to 6 s by
-    # default, while a busy one asks again the moment a task ends: with tasks of a second or less, the busy
-    # worker can run the whole graph between two polls of the idle one (CI saw [17, 0]). Poll every 0.1 s.
-    with open(cfg, "a") as f:
-        f.write("\n[worker]\nwait_interval = 0.1\nwait_jitter = 0.0\n")
-    # The command a user runs on every machine: same luigi.cfg, same workdir, one central scheduler.
+    # The command a user runs on every machine: same luigi.cfg, same workdir, one central scheduler. An idle
+    # Luigi worker asks for work every wait interval + uniform(0, jitter) seconds, 1 to 6 s by default, while
+    # a busy one asks again the moment a task ends: with tasks of a second or less, the busy worker can run
+    # the whole graph between two polls of the idle one (CI saw [17, 0]). So these poll every 0.1 s.
     worker = [sys.executable, "-m", "luigi", "--module", "pipeline", "PrepareData", "--benchmark", "SYN",
               "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid), "--workers", "1",
-              "--worker-keep-alive", "--log-level", "INFO", "--no-lock"]
+              "--worker-keep-alive", "--worker-wait-interval", "0.1", "--worker-wait-jitter", "0",
+              "--log-level", "INFO", "--no-lock"]
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
     # The scheduler hands out no work until both workers have scheduled the whole graph; otherwise the worker
     # that finishes importing first can run every task before the other one asks (seen on a loaded CI box).

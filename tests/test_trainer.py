@@ -10,8 +10,11 @@ import torch
 from data.samplers import uniform_indices
 from data.store import ShardWriter
 from model.evaluate import accuracy_summary, evaluate_run
+from model.i3d import STEM
+from model.memory_bank import read_bank_snapshot
 from model.report import write_report
-from model.trainer import PAPER_PRESETS, SYN_PRESET, VARIANTS, TrainConfig, build_streams, load_checkpoint, train
+from model.trainer import (PAPER_PRESETS, SYN_PRESET, VARIANTS, TrainConfig, build_streams, load_checkpoint,
+                           read_metrics, train)
 from model.video_data import EpochSampler, EvalClipDataset, SourceClipDataset, TargetPaceDataset
 
 SIZE = 36
@@ -138,13 +141,12 @@ def test_variant_presets_differ_as_specified():
     assert built["FULL"][2] is not None and built["FULL"][2].num_paces == 5
     rgb = built["FULL"][0]
     assert rgb.logits.conv3d.out_channels == 4
-    stem = ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3")
     # the paper freezes the stem of Kinetics-pretrained streams; random filters stay trainable unless asked
-    assert all(p.requires_grad for name in stem for p in getattr(rgb, name).parameters())
+    assert all(p.requires_grad for name in STEM for p in getattr(rgb, name).parameters())
     frozen, flow, _ = build_streams(TrainConfig(variant="SO_RGB_FLOW", init="random", width_mult=0.125,
                                                 freeze_stem=True), 4)
     for net in (frozen, flow):
-        for name in stem:
+        for name in STEM:
             assert not any(p.requires_grad for p in getattr(net, name).parameters())
         assert all(p.requires_grad for p in net.Mixed_3b.parameters())
 
@@ -212,17 +214,12 @@ def test_resume_after_a_crash_ends_with_the_same_weights_as_an_uninterrupted_run
 
 
 def test_oracle_bank_holds_only_true_classes_and_pseudo_bank_follows_predictions(stores, tmp_path):
-    import h5py
-
     kw = dict(TINY, variant="SO_RGB_FLOW_CFB", epochs=2, warmup_epochs=1)
-    for name, how in (("oracle", "oracle"), ("pseudo", "pseudo")):
-        train(tmp_path / name, *stores, bank_labels=how, **kw)
     snaps, rows = {}, {}
     for name in ("oracle", "pseudo"):
-        with h5py.File(tmp_path / name / "bank" / "epoch_001.h5", "r") as f:
-            snaps[name] = {k: f[k][()] for k in f} | {"attrs": dict(f.attrs)}
-        lines = (tmp_path / name / "metrics.csv").read_text().splitlines()
-        rows[name] = dict(zip(lines[0].split(","), lines[2].split(",")))
+        train(tmp_path / name, *stores, bank_labels=name, **kw)
+        snaps[name] = read_bank_snapshot(tmp_path / name / "bank" / "epoch_001.h5")
+        rows[name] = read_metrics(tmp_path / name / "metrics.csv")[1]
     oracle, pseudo = snaps["oracle"], snaps["pseudo"]
     assert oracle["attrs"]["bank_labels"] == "oracle" and pseudo["attrs"]["bank_labels"] == "pseudo"
     in_bank = oracle["in_bank"].astype(bool)

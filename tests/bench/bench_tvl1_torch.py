@@ -135,16 +135,11 @@ def _group_by_size(pairs):
     return list(groups.values())
 
 
-def run_torch(pairs, device: str, batch: int) -> list[np.ndarray]:
-    """Flows of all pairs, `batch` at a time (pairs of one size per batch), in input order."""
-    return tvl1_flow_pairs(pairs, device=device, batch_size=batch)
-
-
 def time_torch(pairs, device: str, batch: int) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t = time.perf_counter()
-    run_torch(pairs, device, batch)
+    tvl1_flow_pairs(pairs, device=device, batch_size=batch)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return len(pairs) / (time.perf_counter() - t)
@@ -215,12 +210,12 @@ def main(argv=None) -> dict:
             n32 = min(len(pairs), args.cpu_batch)
             add(f"torch cpu batch {args.cpu_batch} (1 thread)", time_torch(pairs[:n32], "cpu", args.cpu_batch), n32)
         if ref_flows is None:
-            ref_flows = run_torch(cv_pairs, "cpu", 8)
+            ref_flows = tvl1_flow_pairs(cv_pairs, device="cpu", batch_size=8)
             print("  (no opencv-contrib: the CUDA check compares with the torch CPU path)")
 
     if use_cuda:
         t = time.perf_counter()
-        gpu_flows = run_torch(cv_pairs, "cuda", len(cv_pairs))  # also compiles the kernels
+        gpu_flows = tvl1_flow_pairs(cv_pairs, device="cuda", batch_size=len(cv_pairs))  # also compiles the kernels
         torch.cuda.synchronize()
         diffs = mean_epe(gpu_flows, ref_flows)
         ref_name = "opencv" if have_cv else "torch cpu"

@@ -20,10 +20,6 @@ from pathlib import Path
 import numpy as np
 
 
-# TV-L1 settings for 64-px SYN frames, as [benchmark.SYN] in luigi.cfg (shorter pyramid, fewer warps).
-SYN_TVL1 = {"nscales": 3, "warps": 2, "outer_iterations": 5}
-
-
 def _limit_threads():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import cv2
@@ -34,7 +30,7 @@ def _limit_threads():
 
 
 def _source_item(args):
-    still_path, depth_path, item_id, num_frames = args
+    still_path, depth_path, item_id, num_frames, tvl1 = args
     _limit_threads()
     import cv2
 
@@ -45,17 +41,17 @@ def _source_item(args):
     image = load_rgb(still_path)
     inverse_depth = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535.0
     frames = synthesize_video(image, inverse_depth, num_frames=num_frames, seed=item_seed(item_id)).frames
-    return item_id, frames, video_flows(frames, params=SYN_TVL1)
+    return item_id, frames, video_flows(frames, params=tvl1)
 
 
 def _target_item(args):
-    path, item_id = args
+    path, item_id, tvl1 = args
     _limit_threads()
     from data.flow import video_flows
     from data.video import decode_video
 
     frames = decode_video(path)
-    return item_id, frames, video_flows(frames, params=SYN_TVL1)
+    return item_id, frames, video_flows(frames, params=tvl1)
 
 
 def prepare_syn(workdir, seed: int = 0, workers: int = 2, num_frames: int = 16, log=print) -> tuple[str, str]:
@@ -63,6 +59,7 @@ def prepare_syn(workdir, seed: int = 0, workers: int = 2, num_frames: int = 16, 
     target videos + TV-L1 flows) under ``workdir/data``; returns their paths."""
     from data.store import ShardWriter, is_complete
     from data.syn import SYN_CLASSES, SynConfig, generate_syn
+    from pipeline.flow import tvl1_params_from_config
 
     data_dir = Path(workdir) / "data"
     source_path, target_path = data_dir / "source.h5", data_dir / "target.h5"
@@ -72,16 +69,17 @@ def prepare_syn(workdir, seed: int = 0, workers: int = 2, num_frames: int = 16, 
     root = data_dir / "syn"
     summary = generate_syn(root, SynConfig(seed=seed))
     log(f"SYN generated in {summary['seconds']:.1f}s: {summary['counts']}")
+    tvl1 = tvl1_params_from_config("SYN")  # as the pipeline's ExtractFlow on SYN
     jobs_s, jobs_t, labels = [], [], {}
     for label, cls in enumerate(SYN_CLASSES):
         for p in sorted((root / "source" / cls).glob("*.png")):
             item_id = f"source/{cls}/{p.name}"
             labels[item_id] = label
-            jobs_s.append((str(p), str(root / "source_depth" / cls / p.name), item_id, num_frames))
+            jobs_s.append((str(p), str(root / "source_depth" / cls / p.name), item_id, num_frames, tvl1))
         for p in sorted((root / "target" / cls).glob("*.avi")):
             item_id = f"target/{cls}/{p.name}"
             labels[item_id] = label
-            jobs_t.append((str(p), item_id))
+            jobs_t.append((str(p), item_id, tvl1))
     params = {"syn": summary["key"], "num_frames": num_frames}
     with ProcessPoolExecutor(workers) as pool:
         for path, fn, jobs, stage in ((source_path, _source_item, jobs_s, "syn_source"),

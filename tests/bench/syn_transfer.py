@@ -105,10 +105,10 @@ def predict_videos(net: nn.Module, videos: torch.Tensor) -> torch.Tensor:
     return probs.argmax(1)
 
 
-def folds(n: int, k: int, labels: torch.Tensor, seed: int):
-    """Stratified k folds of 0..n-1 (every class in every fold)."""
+def folds(k: int, labels: torch.Tensor, seed: int):
+    """Stratified k folds of the indices of `labels` (every class in every fold)."""
     rng = np.random.default_rng(seed)
-    assignment = np.zeros(n, np.int64)
+    assignment = np.zeros(len(labels), np.int64)
     for c in labels.unique().tolist():
         idx = np.flatnonzero(labels.numpy() == c)
         assignment[rng.permutation(idx)] = np.arange(len(idx)) % k
@@ -119,7 +119,7 @@ def run(seed: int, stills, target, epochs: int) -> dict:
     (xs, ys), (xt, yt) = stills, target
     out = {}
     correct = 0
-    for train_idx, test_idx in folds(len(xs), 5, ys, seed):
+    for train_idx, test_idx in folds(5, ys, seed):
         net = fit(xs[train_idx], ys[train_idx], seed, epochs)
         with torch.no_grad():
             correct += int((net(xs[test_idx]).argmax(1) == ys[test_idx]).sum())
