@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ VARIANTS = {
     "FULL": {"use_flow": True, "use_bank": True, "use_pace": True},                # + video pace prediction
 }
 DA_KINDS = ("none", "dan", "mcc", "bnm")
+BANK_LABELS = ("pseudo", "shuffled", "oracle")
 
 # DESIGN.md step 8 (paper Sec. 4.1): (lr, batch, epochs, lambda1, lambda2) per benchmark; 10 warm-up
 # epochs, N = 60, paces 1..5, 16-frame 224 px clips, 32-frame evaluation, Kinetics weights.
@@ -97,6 +99,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 0.015
     momentum: float = 0.9
+    optimizer: str = "sgd"                  # "sgd" (paper: momentum 0.9) | "adam" (small from-scratch models)
     weight_decay: float = 1e-4
     lr_milestones: tuple = (0.5, 2 / 3)     # fractions of `epochs` where the lr is multiplied by 0.1
     lambda1: float = 1.0                    # L_loc weight
@@ -104,11 +107,17 @@ class TrainConfig:
     loss_kind: str = "ce"                   # "ce" (paper) | "bce" (released code)
     aggregation: str = "random"             # flow memory bank retrieval (Table 3)
     bank_size: int = 60                     # N (released code: 50)
-    bank_labels: str = "pseudo"             # "pseudo" (the method) | "oracle": DIAGNOSTIC upper bound, the bank
-                                            # is filled by the target's true labels (needs labelled targets)
+    bank_labels: str = "pseudo"             # "pseudo" (the method) | "shuffled": CONTROL, the pseudo labels
+                                            # randomly permuted over the videos (must not gain) | "oracle":
+                                            # LEAKED upper bound, the target's true labels (labelled targets)
+    bank_clip: str = "subsample"            # bank flow clip: "subsample" (released code: every 2nd evaluation
+                                            # flow) | "window" (consecutive: the temporal step of evaluation)
     num_paces: int = 5                      # C_vp: paces 1..C_vp (released code: 4)
     pace_hidden: int = 0                    # hidden width of the pace head (0: linear)
     pace_during_warmup: bool = False        # released code: True unless -post_vdpace
+    target_through_streams: bool = False    # released code: True; every step a target clip (RGB and flow)
+                                            # also runs through both streams in train mode (no loss of its
+                                            # own): batch norm sees the target before pseudo-labelling
     da: str = "none"                        # DA add-on of Table 4
     lambda3: float = 0.0
     clip_frames: int = 16                   # K, frames per training clip
@@ -139,7 +148,8 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = [("variant", VARIANTS), ("da", DA_KINDS), ("aggregation", AGGREGATIONS), ("loss_kind", LOSS_KINDS),
-                  ("init", ("pretrained", "random")), ("bank_labels", ("pseudo", "oracle"))]
+                  ("init", ("pretrained", "random")), ("bank_labels", BANK_LABELS),
+                  ("bank_clip", ("subsample", "window")), ("optimizer", ("sgd", "adam"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -161,6 +171,16 @@ class TrainConfig:
 # Fields that do not change a run's result (where it runs, how fast): a resumed run may change them, and the
 # pipeline leaves them out of the output key.
 RUN_ONLY_FIELDS = {"num_workers", "device", "threads", "eval_batch_size", "rgb_weights", "flow_weights", "cache_data"}
+# Fields that act only after the warm-up: runs that agree on everything else share their warm-up epochs
+# (``warmup_checkpoint``), provided no pace loss is trained during the warm-up.
+AFTER_WARMUP_FIELDS = {"variant", "aggregation", "bank_size", "bank_labels", "bank_clip", "pace_hidden", "lambda2",
+                       "da", "lambda3"}
+
+
+def shares_warmup(cfg: "TrainConfig") -> bool:
+    """Whether a run's warm-up is the shared one (the SO_RGB_FLOW run's first ``warmup_epochs`` epochs)."""
+    return (cfg.parts["use_flow"] and cfg.warmup_epochs > 0
+            and not (cfg.pace_during_warmup and (cfg.parts["use_pace"] or cfg.da != "none")))
 
 
 def make_config(config: TrainConfig | dict | None = None, benchmark: str | None = None, **overrides) -> TrainConfig:
@@ -209,14 +229,14 @@ def build_streams(cfg: TrainConfig, num_classes: int, pretrained: bool | None = 
     return rgb, flow, head
 
 
-class RGBBranch(nn.Module):
-    """The RGB stream and the pace head in one module, so that a step is one forward call (DDP needs one
-    forward per backward): source clips -> (per-frame logits, features); target clips -> (per-frame
-    logits, pace logits)."""
+class StreamBranch(nn.Module):
+    """A stream (and for RGB the pace head) in one module, so that a step is one forward call (DDP needs one
+    forward per backward): source clips -> (per-frame logits, features); target clips, in a batch of their
+    own (their own batch-norm statistics) -> (per-frame logits, pace logits)."""
 
-    def __init__(self, rgb: nn.Module, pace_head: nn.Module | None):
+    def __init__(self, stream: nn.Module, pace_head: nn.Module | None = None):
         super().__init__()
-        self.rgb, self.pace_head = rgb, pace_head
+        self.rgb, self.pace_head = stream, pace_head
 
     def forward(self, source: torch.Tensor, target: torch.Tensor | None = None):
         logits, features = self.rgb.forward_with_features(source)
@@ -226,6 +246,9 @@ class RGBBranch(nn.Module):
             if self.pace_head is not None:
                 pace_logits = self.pace_head(target_features)
         return logits, features, target_logits, pace_logits
+
+
+RGBBranch = StreamBranch
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -302,7 +325,8 @@ def _gather(result: dict, world_size: int) -> dict:
 
 def train(out_dir, source_frames, target_frames, source_flows=None, target_flows=None,
           config: TrainConfig | dict | None = None, *, benchmark: str | None = None,
-          stop_after_epoch: int | None = None, on_epoch_end=None, log=print, **overrides) -> dict:
+          stop_after_epoch: int | None = None, on_epoch_end=None, log=print, warmup_checkpoint=None,
+          **overrides) -> dict:
     """Train one variant; resume from ``out_dir/checkpoint.pt`` when present. Returns the summary that is
     also written to ``result.json`` (plus ``stopped``/``epochs_done`` when ``stop_after_epoch`` ended it).
 
@@ -310,7 +334,9 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
     ``*_flows``: store files with the flows (default: the frame files). ``config``: TrainConfig or dict,
     ``benchmark``: a preset of ``PRESETS`` applied first, ``overrides``: TrainConfig fields.
     ``on_epoch_end(epoch, row)`` is called after an epoch is materialised (a test may raise from it to
-    simulate a crash); ``stop_after_epoch=k`` returns cleanly after epoch k.
+    simulate a crash); ``stop_after_epoch=k`` returns cleanly after epoch k. ``warmup_checkpoint``: the
+    checkpoint of a run that has done this run's warm-up epochs (``shares_warmup``; the pipeline's
+    ``WarmUp`` stage), to continue from instead of training them again; the result is the same.
     """
     cfg = make_config(config, benchmark, **overrides)
     parts = cfg.parts
@@ -343,10 +369,12 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
                                cache=cfg.cache_data, **augment)
     target_eval = EvalClipDataset(target_frames, target_flows, cfg.eval_frames, cfg.crop_size,
                                   with_flow=parts["use_flow"], resize=cfg.resize, cache=cfg.cache_data)
-    uses_target_clips = parts["use_pace"] or cfg.da != "none"
+    uses_target_clips = parts["use_pace"] or cfg.da != "none" or cfg.target_through_streams
+    target_flow_paths = (target_flows or target_frames) if cfg.target_through_streams and parts["use_flow"] else None
     target_clips = (TargetPaceDataset(target_frames, cfg.clip_frames, cfg.crop_size,
-                                      cfg.num_paces if parts["use_pace"] else 1, seed=cfg.seed, resize=cfg.resize,
-                                      cache=cfg.cache_data, **augment)
+                                      cfg.num_paces if parts["use_pace"] or cfg.target_through_streams else 1,
+                                      seed=cfg.seed, resize=cfg.resize, cache=cfg.cache_data,
+                                      flow_paths=target_flow_paths, **augment)
                     if uses_target_clips else None)
     num_classes = cfg.num_classes or int(max(source.labels.max(), target_eval.labels.max())) + 1
     target_labels = target_eval.labels
@@ -365,10 +393,12 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
     # -- models, optimiser, schedule -------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     rgb, flow, pace_head = build_streams(cfg, num_classes)
-    rgb_branch = RGBBranch(rgb, pace_head).to(device)
+    rgb_branch = StreamBranch(rgb, pace_head).to(device)
     flow = flow.to(device) if flow is not None else None
+    flow_branch = StreamBranch(flow) if flow is not None else None
     params = [p for m in (rgb_branch, flow) if m is not None for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = (torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                 if cfg.optimizer == "sgd" else torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones(), gamma=0.1)
     bank = FlowMemoryBank(num_classes, cfg.bank_size, cfg.aggregation) if parts["use_bank"] else None
 
@@ -392,6 +422,11 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
         start_epoch = ckpt["epoch"] + 1
         if log and master:
             log(f"resuming {out_dir} after epoch {ckpt['epoch']}")
+    elif warmup_checkpoint is not None:
+        start_epoch = _start_from_warmup(Path(warmup_checkpoint), cfg, rgb, flow, optimizer, scheduler, device)
+        shutil.copyfile(Path(warmup_checkpoint).parent / "metrics.csv", metrics_path)
+        if log and master:
+            log(f"{out_dir}: continuing from the shared warm-up {warmup_checkpoint}")
     rows = [r for r in read_metrics(metrics_path) if int(r["epoch"]) < start_epoch]
     if master:
         atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
@@ -401,7 +436,8 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
     if distributed:
         rgb_branch = DDP(rgb_branch, device_ids=[device.index] if device.type == "cuda" else None,
                          find_unused_parameters=pace_head is not None)
-        flow = DDP(flow, device_ids=[device.index] if device.type == "cuda" else None) if flow is not None else None
+        flow_branch = (DDP(flow_branch, device_ids=[device.index] if device.type == "cuda" else None)
+                       if flow is not None else None)
 
     def evaluate_target():
         # A generator of its own: a DataLoader iterator draws a seed, which must not touch the global RNG.
@@ -409,7 +445,7 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
                                  num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                  generator=torch.Generator().manual_seed(0))
         with autocast:
-            out = predict(_unwrap(rgb_branch).rgb, _unwrap(flow) if flow is not None else None, eval_loader, device)
+            out = predict(rgb, flow, eval_loader, device)
         return _gather(out, world_size)
 
     last_eval = None  # predictions of the current weights, reused as the next epoch's pseudo labels
@@ -418,7 +454,8 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
         bank_rng = np.random.default_rng((cfg.seed, epoch, rank, 31337))
         after_warmup = epoch >= cfg.warmup_epochs
         bank_active = bank is not None and after_warmup
-        target_on = target_clips is not None and (after_warmup or cfg.pace_during_warmup)
+        adapt_on = after_warmup or cfg.pace_during_warmup  # pace and DA losses
+        target_on = target_clips is not None and (adapt_on or cfg.target_through_streams)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
 
         # 1) pseudo-label the target videos and refresh the Category-aware Flow Memory Bank
@@ -426,11 +463,14 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
             if last_eval is None:
                 last_eval = evaluate_target()
             # oracle: what the bank gives when every pseudo label is right (separates CFB from label quality)
-            bank_classes = target_labels if cfg.bank_labels == "oracle" else last_eval["pred"]
+            # shuffled: a control that keeps the classes' counts but breaks which video has which label
+            bank_classes = (target_labels if cfg.bank_labels == "oracle" else
+                            np.random.default_rng((cfg.seed, epoch, 4242)).permutation(last_eval["pred"])
+                            if cfg.bank_labels == "shuffled" else last_eval["pred"])
             bank.refresh(bank_classes, last_eval["confidence"], last_eval["features"])
             members = bank.member_indices()
-            bank.set_flows(members, [target_eval.bank_flow_clip(int(i), cfg.clip_frames).to(device, torch.float16)
-                                     for i in members])
+            bank.set_flows(members, [target_eval.bank_flow_clip(int(i), cfg.clip_frames, cfg.bank_clip)
+                                     .to(device, torch.float16) for i in members])
             row["bank_size"] = bank.size
             if labelled:
                 in_bank = bank.in_bank()
@@ -447,7 +487,7 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
         epoch_seed = seed_everything(cfg.seed, epoch, rank)
         rgb_branch.train()
         if flow is not None:
-            flow.train()
+            flow_branch.train()
         for sampler, ds in ((source_sampler, source), (target_sampler, target_clips)):
             if sampler is not None:
                 sampler.set_epoch(epoch)
@@ -469,16 +509,18 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
                     flow_in = batch["flow"].to(device, non_blocking=True)
                     if bank_active:  # L'_c: the flow of a class-c source sample comes from the bank of class c
                         flow_in = bank.retrieve(labels, flow_in, rgb_features.detach().float().mean(-1), bank_rng)
-                    flow_logits = flow(flow_in)
+                    target_flow = (target_batch["flow"].to(device, non_blocking=True)
+                                   if target_batch is not None and "flow" in target_batch else None)
+                    flow_logits = flow_branch(flow_in, target_flow)[0]
             l_loc = local_loss(rgb_logits, labels, cfg.clip_frames, cfg.loss_kind)
             l_c = classification_loss(rgb_logits, flow_logits, labels, cfg.loss_kind)
             l_vc = torch.zeros((), device=device)
-            if pace_logits is not None:
+            if pace_logits is not None and adapt_on:
                 pace_labels = target_batch["pace_label"].to(device)
                 l_vc = pace_loss(pace_logits, pace_labels)
                 sums["pace_acc"] += float((pace_logits.argmax(1) == pace_labels).float().mean())
             l_da = torch.zeros((), device=device)
-            if target_logits is not None and cfg.da != "none":
+            if target_logits is not None and cfg.da != "none" and adapt_on:
                 t_mean = target_logits.float().mean(-1)
                 l_da = (dan_mmd_loss(rgb_logits.float().mean(-1), t_mean) if cfg.da == "dan"
                         else mcc_loss(t_mean) if cfg.da == "mcc" else bnm_loss(t_mean))
@@ -499,7 +541,7 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
             sums["train_acc"] += float((rgb_logits.detach().float().mean(-1).argmax(1) == labels).float().mean())
         scheduler.step()
         row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
-        if not (parts["use_pace"] and target_on):
+        if not (parts["use_pace"] and target_on and adapt_on):
             row["pace_acc"] = None
 
         # 3) evaluate on the target videos (the next epoch's pseudo labels)
@@ -520,7 +562,7 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
             write_metrics(metrics_path, rows)
             atomic_torch_save({
                 "rgb": _unwrap(rgb_branch).rgb.state_dict(),
-                "flow": _unwrap(flow).state_dict() if flow is not None else None,
+                "flow": flow.state_dict() if flow is not None else None,
                 "pace_head": pace_head.state_dict() if pace_head is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "num_classes": num_classes, "config": cfg.to_dict(), "rng": rng_states(),
@@ -548,6 +590,31 @@ def train(out_dir, source_frames, target_frames, source_flows=None, target_flows
     if master:
         atomic_write_text(out_dir / "result.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _start_from_warmup(path: Path, cfg: TrainConfig, rgb, flow, optimizer, scheduler, device) -> int:
+    """Load a shared warm-up checkpoint into a fresh run; returns the first epoch left to train. The streams,
+    their optimiser state (momentum) and the schedule continue; a pace head starts fresh, as it would."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not shares_warmup(cfg):
+        raise ValueError(f"{path}: variant {cfg.variant} does not share the warm-up (it trains a pace or DA loss "
+                         "during warm-up, or has no flow stream)")
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in RUN_ONLY_FIELDS | AFTER_WARMUP_FIELDS
+                     and _plain(ckpt["config"].get(k)) != _plain(v))
+    if changed or ckpt["epoch"] != cfg.warmup_epochs - 1:
+        raise ValueError(f"{path}: not this run's warm-up (epoch {ckpt['epoch']} of {cfg.warmup_epochs} warm-up "
+                         f"epochs; different settings: {', '.join(changed) or 'none'})")
+    rgb.load_state_dict(ckpt["rgb"])
+    flow.load_state_dict(ckpt["flow"])
+    saved = ckpt["optimizer"]
+    streams = [p for m in (rgb, flow) for p in m.parameters() if p.requires_grad]  # the warm-up's order
+    for i, p in enumerate(streams):
+        if i in saved["state"]:
+            optimizer.state[p] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in saved["state"][i].items()}
+    scheduler.load_state_dict(ckpt["scheduler"])
+    for group in optimizer.param_groups:
+        group["lr"] = saved["param_groups"][0]["lr"]
+    return ckpt["epoch"] + 1
 
 
 def _plain(v):
@@ -584,10 +651,13 @@ def main(argv=None) -> int:
     p.add_argument("--target-flows", nargs="+")
     p.add_argument("--benchmark", choices=sorted(PRESETS))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides (JSON values)")
+    p.add_argument("--stop-after-epoch", type=int, help="return after this epoch (a shared warm-up)")
+    p.add_argument("--warmup-checkpoint", help="continue from this shared warm-up checkpoint")
     args = p.parse_args(argv)
     overrides = parse_overrides(args.set)
     train(args.out_dir, args.source_frames, args.target_frames, args.source_flows, args.target_flows,
-          benchmark=args.benchmark, **overrides)
+          benchmark=args.benchmark, stop_after_epoch=args.stop_after_epoch,
+          warmup_checkpoint=args.warmup_checkpoint, **overrides)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -217,17 +217,21 @@ class SourceClipDataset(_StoreDataset):
 class TargetPaceDataset(_StoreDataset):
     """Target clips for video pace prediction (Sec. 3.3): pace r uniform in 1..``num_paces``, a random start,
     ``num_frames`` indices from the looping pace sampler (``data.samplers.pace_indices``), random crop and
-    flip. RGB only. Items: ``rgb``, ``pace_label`` = r - 1, ``index``.
+    flip. With ``flow_paths``, also a flow clip of ``num_frames`` consecutive flows from a random start (as
+    the released code, whose target flow clip is not pace-resampled), with the same crop and flip: it goes
+    through the flow stream in train mode so its batch norm sees target flows.
+    Items: ``rgb``, ``pace_label`` = r - 1, ``index`` (and ``flow``).
     """
 
     stream = _TARGET_STREAM
 
     def __init__(self, frame_paths, num_frames: int = 16, crop_size: int = 224, num_paces: int = 5,
                  flip: bool = True, seed: int = 0, resize: int | None = None, cache: bool = False,
-                 min_scale: float = 1.0, color: float = 0.0, grayscale_p: float = 0.0):
-        super().__init__(frame_paths, None, seed, crop_size, resize, cache)
+                 min_scale: float = 1.0, color: float = 0.0, grayscale_p: float = 0.0, flow_paths=None):
+        super().__init__(frame_paths, flow_paths, seed, crop_size, resize, cache)
         self.num_frames, self.num_paces, self.flip = num_frames, num_paces, flip
         self.min_scale, self.color, self.grayscale_p = min_scale, color, grayscale_p
+        self.with_flow = flow_paths is not None
 
     def __getitem__(self, key: int) -> dict:
         index = int(key) % len(self)
@@ -235,12 +239,17 @@ class TargetPaceDataset(_StoreDataset):
         n = int(self._num_frames[index])
         pace = int(rng.integers(1, self.num_paces + 1))
         start = int(rng.integers(0, n))
-        rgb, _ = self._read(index, pace_indices(n, start, pace, self.num_frames), with_flow=False)
-        rgb, _ = random_crop(rgb, None, rng, self.crop_size, self.min_scale)
+        rgb = self._clip(index, pace_indices(n, start, pace, self.num_frames), False)
+        flow = (self._clip(index, training_clip_indices(n, self.num_frames, rng), True)
+                if self.with_flow else None)
+        rgb, flow = random_crop(rgb, flow, rng, self.crop_size, self.min_scale)
         if self.flip and rng.random() < 0.5:
-            rgb, _ = hflip_clip(rgb, None)
+            rgb, flow = hflip_clip(rgb, flow)
         rgb = color_jitter(rgb, rng, self.color, self.grayscale_p)
-        return {"rgb": rgb.contiguous(), "pace_label": torch.tensor(pace - 1), "index": index}
+        item = {"rgb": rgb.contiguous(), "pace_label": torch.tensor(pace - 1), "index": index}
+        if flow is not None:
+            item["flow"] = flow.contiguous()
+        return item
 
 
 class EvalClipDataset(_StoreDataset):
@@ -270,12 +279,21 @@ class EvalClipDataset(_StoreDataset):
             item["flow"] = self._center(flow)
         return item
 
-    def bank_flow_clip(self, index: int, num_frames: int) -> torch.Tensor:
-        """The flow clip a bank member contributes: the centre-cropped evaluation flows subsampled to the
-        training clip length (32 -> 16 via every second index, as the released ``CategoryDB``)."""
+    def bank_flow_clip(self, index: int, num_frames: int, mode: str = "subsample") -> torch.Tensor:
+        """The flow clip a bank member contributes, centre-cropped, ``num_frames`` long. ``subsample``: the
+        evaluation flows subsampled to the training clip length (32 -> 16 via every second index, as the
+        released ``CategoryDB``), which doubles the temporal step the flow stream sees at evaluation;
+        ``window``: ``num_frames`` consecutive evaluation indices around the middle of the video, the same
+        temporal step as evaluation."""
         idx = self.frame_indices(index)
-        step = max(1, len(idx) // num_frames)
-        idx = idx[::step][:num_frames]
+        if mode == "window":
+            start = max(0, (len(idx) - num_frames) // 2)
+            idx = idx[start:start + num_frames]
+        elif mode == "subsample":
+            step = max(1, len(idx) // num_frames)
+            idx = idx[::step][:num_frames]
+        else:
+            raise ValueError(f"bank clip mode must be 'subsample' or 'window', got {mode!r}")
         if len(idx) < num_frames:  # fewer evaluation frames than training frames: repeat the last
             idx = np.concatenate([idx, np.full(num_frames - len(idx), idx[-1])])
         return self._center(self._clip(index, idx, True))

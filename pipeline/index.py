@@ -12,7 +12,7 @@ from data import syn
 from data.benchmarks import list_source_items, list_target_items
 from data.items import read_items, write_items
 from pipeline.base import Stage, short_hash, write_json_atomic
-from pipeline.settings import benchmark_setting, require_path, resolve_benchmark
+from pipeline.settings import benchmark_setting, is_generated_syn, require_path, resolve_benchmark
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,7 +44,8 @@ def _listed_root(path: str, version: tuple) -> str | None:
 
 
 class GenerateSyn(Stage):
-    """Render the SYN benchmark (stills, ground-truth depth, target videos) from its seed."""
+    """Render a SYN benchmark (stills, ground-truth depth, target videos) from its seed: `SYN`, or a
+    section with `generator = syn` (such as the control `SYN_CONTROL`)."""
 
     seed = luigi.IntParameter(default=0, description="SYN's seed (its properties are fixed; see README)")
     key_params = ("seed", "scale")
@@ -52,10 +53,14 @@ class GenerateSyn(Stage):
 
     @property
     def scale(self) -> dict:
-        """SYN's size (only its scale and seed are configurable): [benchmark.SYN] stills_per_class,
-        videos_per_class, frames_per_video; empty = SynConfig's defaults."""
+        """SYN's size and variant (only its scale, seed and the control switch are configurable):
+        [benchmark.<name>] stills_per_class, videos_per_class, frames_per_video, identical_pair_motion;
+        empty = SynConfig's defaults."""
         fields = ("stills_per_class", "videos_per_class", "frames_per_video")
-        return {f: v for f in fields if (v := benchmark_setting("SYN", f, None, int)) is not None}
+        scale = {f: v for f in fields if (v := benchmark_setting(self.benchmark, f, None, int)) is not None}
+        if benchmark_setting(self.benchmark, "identical_pair_motion", False, bool):
+            scale["identical_pair_motion"] = True
+        return scale
 
     def syn_config(self) -> syn.SynConfig:
         return syn.SynConfig(seed=self.seed, **self.scale)
@@ -77,19 +82,19 @@ class _Index(Stage):
     domain = "source"
 
     def requires(self):
-        if self.benchmark == "SYN":
-            return GenerateSyn(benchmark="SYN", seed=benchmark_setting("SYN", "seed", 0, int))
+        if is_generated_syn(self.benchmark):
+            return GenerateSyn(benchmark=self.benchmark, seed=benchmark_setting(self.benchmark, "seed", 0, int))
         return []
 
     def dataset_root(self) -> Path:
-        if self.benchmark == "SYN":
+        if is_generated_syn(self.benchmark):
             return self.requires().dataset_root()
         what = f"the {self.domain} dataset of {self.benchmark}"
         return require_path(self.benchmark, f"{self.domain}_root", what)
 
     def key_material(self) -> dict:
         material = super().key_material()
-        if self.benchmark != "SYN":
+        if not is_generated_syn(self.benchmark):
             # What the dataset holds, not where it lives: the same dataset gives the same keys on every
             # machine, so shared bundles of downstream stages import anywhere.
             material["split"] = benchmark_setting(self.benchmark, f"{self.domain}_split", "")

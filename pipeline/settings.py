@@ -6,6 +6,7 @@ luigi.cfg stays the one place to look. Section names: [paths], [benchmark.<NAME>
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -61,6 +62,11 @@ def require_path(benchmark: str, key: str, what: str) -> Path:
     return p
 
 
+def is_generated_syn(benchmark: str) -> bool:
+    """`SYN`, or a benchmark whose section says `generator = syn` (rendered by GenerateSyn, SYN's classes)."""
+    return benchmark == "SYN" or benchmark_setting(benchmark, "generator", "") == "syn"
+
+
 def resolve_benchmark(name: str):
     """The registered benchmark `name`, or one defined in luigi.cfg: a section [benchmark.<name>] with
     `classes = a,b,c` (label order) and optionally `source_dataset` / `target_dataset` (default `folder`:
@@ -70,6 +76,10 @@ def resolve_benchmark(name: str):
     try:
         return get_benchmark(name)
     except KeyError:
+        if is_generated_syn(name):
+            from data.syn import syn_benchmark
+
+            return register_benchmark(dataclasses.replace(syn_benchmark(), name=name))
         classes = benchmark_setting(name, "classes")
         if not classes:
             raise KeyError(f"unknown benchmark {name!r}: use SYN, E2H, S2U, B2U, or define [benchmark.{name}] "

@@ -17,8 +17,10 @@ from pipeline.settings import benchmark_setting, require_path, resolve_benchmark
 # luigi.cfg keys of [benchmark.<name>] that override the training preset (model/trainer.py PRESETS).
 TRAIN_OVERRIDES = {"lr": float, "batch_size": int, "epochs": int, "lambda1": float, "lambda2": float,
                    "lambda3": float, "warmup_epochs": int, "bank_size": int, "num_paces": int,
-                   "aggregation": str, "bank_labels": str, "da": str, "loss_kind": str, "amp": bool,
-                   "num_workers": int, "crop_size": int, "width_mult": float, "eval_batch_size": int}
+                   "aggregation": str, "bank_labels": str, "bank_clip": str, "da": str, "loss_kind": str,
+                   "amp": bool, "num_workers": int, "crop_size": int, "width_mult": float, "eval_batch_size": int,
+                   "target_through_streams": bool, "pace_during_warmup": bool, "color_jitter": float,
+                   "grayscale_p": float, "min_scale": float}
 
 
 def training_config(benchmark: str, variant: str, seed: int, **extra):
@@ -39,21 +41,10 @@ def store_paths(tasks) -> list[str]:
     return [str(t.shard_file()) for t in tasks]
 
 
-class Train(Stage):
-    """One training run. Pretrained I3D weights for real benchmarks come from luigi.cfg (rgb_weights,
-    flow_weights); SYN trains from random initialisation by its preset, explicitly."""
+class _TrainingRun(Stage):
+    """What Train and WarmUp share: the thread split, GPU resources, weights and the call into the trainer."""
 
-    variant = luigi.Parameter(default="FULL", description="SO_RGB, SO_RGB_FLOW, SO_RGB_FLOW_CFB or FULL")
-    seed = luigi.IntParameter(default=0)
-    aggregation = luigi.Parameter(default="", description="memory-bank retrieval (Table 3): random, mean, "
-                                  "simw_sum, simw_mean_top5, simw_sum_top5, simw_top1, simw_random_top5")
-    da = luigi.Parameter(default="", description="DA add-on (Table 4): none, dan, mcc, bnm")
-    lambda3 = luigi.FloatParameter(default=-1.0, description="weight of the DA add-on (-1: from the preset)")
     key_params = ("config", "nproc")  # DDP shards the data differently: a different run
-
-    def train_config(self):
-        return training_config(self.benchmark, self.variant, self.seed, aggregation=self.aggregation, da=self.da,
-                               lambda3=None if self.lambda3 < 0 else self.lambda3)
 
     @property
     def config(self) -> dict:
@@ -80,12 +71,6 @@ class Train(Stage):
     def resources(self):
         return {k: v * self.nproc for k, v in gpu_resources(self.benchmark).items()}
 
-    def requires(self):
-        return data_stages(self.benchmark)
-
-    def output(self):
-        return luigi.LocalTarget(str(self.output_dir() / "training.json"))
-
     def weights(self, cfg) -> dict:
         """Kinetics checkpoints from luigi.cfg; checked before any work so a missing file stops at once."""
         if cfg.init == "random":
@@ -95,28 +80,26 @@ class Train(Stage):
                 "flow_weights": str(require_path(self.benchmark, "flow_weights",
                                                  what.format("flow", "flow_imagenet.pt")))}
 
-    def run(self) -> None:
+    def run_training(self, **kwargs) -> dict:
         from model.trainer import train
 
         cfg = self.train_config()
         weights = self.weights(cfg)
-        stages = self.requires()
         self.write_params_file()
 
         def on_epoch_end(epoch: int, row: dict) -> None:
             self.progress(epoch, cfg.epochs, f"epoch {epoch}/{cfg.epochs}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
 
+        stages = data_stages(self.benchmark)
         stores = {name: store_paths(stages[name])
                   for name in ("source_frames", "target_frames", "source_flows", "target_flows")}
         settings = {**cfg.to_dict(), **weights, "device": stage_device(self.benchmark), "threads": self.threads}
         if self.nproc > 1:
-            result = self.run_torchrun(stores, settings)
-        else:
-            result = train(self.output_dir(), config=settings, on_epoch_end=on_epoch_end, **stores)
-        write_json_atomic(Path(self.output().path), result)
+            return self.run_torchrun(stores, settings, **kwargs)
+        return train(self.output_dir(), config=settings, on_epoch_end=on_epoch_end, **stores, **kwargs)
 
-    def run_torchrun(self, stores: dict, settings: dict) -> dict:
+    def run_torchrun(self, stores: dict, settings: dict, stop_after_epoch=None, warmup_checkpoint=None) -> dict:
         """The same training loop in `nproc` processes under torchrun (DDP; gloo on CPU, nccl on CUDA).
         torchrun restarts every process from the last finished epoch if one fails."""
         import json
@@ -127,10 +110,95 @@ class Train(Stage):
                "-m", "model.trainer", str(self.output_dir())]
         for name, paths in stores.items():
             cmd += [f"--{name.replace('_', '-')}", *paths]
+        if stop_after_epoch is not None:
+            cmd += ["--stop-after-epoch", str(stop_after_epoch)]
+        if warmup_checkpoint is not None:
+            cmd += ["--warmup-checkpoint", str(warmup_checkpoint)]
         cmd += ["--set", *(f"{k}={json.dumps(v)}" for k, v in settings.items())]
         self.set_status_message(f"torchrun with {self.nproc} processes")
         subprocess.run(cmd, check=True)
-        return json.loads((self.output_dir() / "result.json").read_text())
+        result = self.output_dir() / ("result.json" if stop_after_epoch is None else "config.json")
+        return json.loads(result.read_text())
+
+
+class WarmUp(_TrainingRun):
+    """The warm-up epochs shared by the variants with a flow stream (SO_RGB_FLOW, SO_RGB_FLOW_CFB, FULL when
+    no pace loss is trained during warm-up): the SO_RGB_FLOW run stopped after ``warmup_epochs``. Train
+    continues from its checkpoint, so the warm-up is trained once per seed, not once per variant; the
+    result should be the same as training it again (opt-in: `share_warmup = true`)."""
+
+    seed = luigi.IntParameter(default=0)
+
+    def train_config(self):
+        return training_config(self.benchmark, "SO_RGB_FLOW", self.seed)
+
+    @property
+    def config(self) -> dict:
+        from model.trainer import AFTER_WARMUP_FIELDS
+
+        return {k: v for k, v in super().config.items() if k not in AFTER_WARMUP_FIELDS}
+
+    def requires(self):
+        return data_stages(self.benchmark)
+
+    def output(self):
+        return luigi.LocalTarget(str(self.output_dir() / "warmup.json"))
+
+    def checkpoint(self) -> Path:
+        return self.output_dir() / "checkpoint.pt"
+
+    def run(self) -> None:
+        cfg = self.train_config()
+        summary = self.run_training(stop_after_epoch=cfg.warmup_epochs - 1)
+        write_json_atomic(Path(self.output().path), {**summary, "checkpoint": str(self.checkpoint())})
+
+
+def uses_shared_warmup(cfg, benchmark: str) -> bool:
+    """[benchmark.<name>] share_warmup (default false until its equality test exists) and the variant can
+    share it."""
+    from model.trainer import shares_warmup
+
+    return benchmark_setting(benchmark, "share_warmup", False, bool) and shares_warmup(cfg)
+
+
+class Train(_TrainingRun):
+    """One training run. Pretrained I3D weights for real benchmarks come from luigi.cfg (rgb_weights,
+    flow_weights); SYN trains from random initialisation by its preset, explicitly."""
+
+    variant = luigi.Parameter(default="FULL", description="SO_RGB, SO_RGB_FLOW, SO_RGB_FLOW_CFB or FULL")
+    seed = luigi.IntParameter(default=0)
+    aggregation = luigi.Parameter(default="", description="memory-bank retrieval (Table 3): random, mean, "
+                                  "simw_sum, simw_mean_top5, simw_sum_top5, simw_top1, simw_random_top5")
+    da = luigi.Parameter(default="", description="DA add-on (Table 4): none, dan, mcc, bnm")
+    lambda3 = luigi.FloatParameter(default=-1.0, description="weight of the DA add-on (-1: from the preset)")
+
+    def train_config(self):
+        return training_config(self.benchmark, self.variant, self.seed, aggregation=self.aggregation, da=self.da,
+                               lambda3=None if self.lambda3 < 0 else self.lambda3)
+
+    def warmup(self) -> WarmUp | None:
+        if uses_shared_warmup(self.train_config(), self.benchmark):
+            return WarmUp(benchmark=self.benchmark, seed=self.seed)
+        return None
+
+    def requires(self):
+        warmup = self.warmup()
+        return {**data_stages(self.benchmark), **({"warmup": warmup} if warmup else {})}
+
+    def key_material(self) -> dict:
+        # The shared warm-up gives the same result as training it again: it does not change the key.
+        material = super().key_material()
+        if self.warmup() is not None:
+            material["upstream"] = sorted(set(material["upstream"]) - {self.warmup().output_key()})
+        return material
+
+    def output(self):
+        return luigi.LocalTarget(str(self.output_dir() / "training.json"))
+
+    def run(self) -> None:
+        warmup = self.warmup()
+        result = self.run_training(warmup_checkpoint=warmup.checkpoint() if warmup else None)
+        write_json_atomic(Path(self.output().path), result)
 
 
 class Evaluate(Stage):

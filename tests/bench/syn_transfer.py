@@ -28,14 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def load_syn(root: Path, frames_per_video: int = 8):
-    """(stills N x 3 x 64 x 64, labels), (target frames V x F x 3 x 64 x 64, labels), in [-1, 1]."""
+def load_syn(root: Path, frames_per_video: int = 8, seed: int = 0):
+    """(stills N x 3 x 64 x 64, labels), (target frames V x F x 3 x 64 x 64, labels), in [-1, 1], of the SYN
+    with data seed `seed` (generated under `root` unless it is there)."""
     from data.images import load_rgb
     from data.samplers import uniform_indices
-    from data.syn import SYN_CLASSES, generate_syn
+    from data.syn import SYN_CLASSES, SynConfig, generate_syn
     from data.video import decode_video
 
-    generate_syn(root)
+    generate_syn(root, SynConfig(seed=seed))
     stills, s_labels, videos, t_labels = [], [], [], []
     for label, cls in enumerate(SYN_CLASSES):
         for p in sorted((root / "source" / cls).glob("*.png")):
