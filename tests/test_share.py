@@ -18,6 +18,7 @@ import pytest
 
 from data.store import StoreReader
 from pipeline import share
+from pipeline.share.errors import EXIT_UNSAFE
 from tests.pipeline_helpers import REPO, build, reset_config, use_config
 
 CONFIG = """
@@ -383,7 +384,7 @@ def test_the_command_line_exports_verifies_and_imports(exported, tmp_path, capsy
     assert all(t.complete() for t in target_tasks())  # --workdir made the tasks look there
 
     (out / "DecodeTargetVideos" / "x.pkl").write_bytes(b"\x80\x04.")
-    assert share.main(["import", str(out), "--workdir", str(tmp_path / "other")]) == 1
+    assert share.main(["import", str(out), "--workdir", str(tmp_path / "other")]) == EXIT_UNSAFE
     err = capsys.readouterr().err
     assert "x.pkl: file type not allowed" in err and "the workdir was not changed" in err
     assert not (tmp_path / "other").exists()
