@@ -107,10 +107,6 @@ class _TarBundle:
             raise self.fail(EXIT_UNREADABLE, f"is not a complete tar archive ({e}; truncated or damaged)") from None
         if not self.members:
             raise self.fail(EXIT_UNREADABLE, "is an empty tar archive")
-        for m in self.members:
-            if m.offset_data + m.size > self.size:
-                raise self.fail(EXIT_UNREADABLE, f"tar member {m.name[:300]!r} declares {m.size} bytes, but the "
-                                                 f"archive ends at byte {self.size} (truncated)")
         # tarfile stops quietly at a damaged header after the first: what follows must be the end blocks
         with open(self.path, "rb") as fh:
             fh.seek(self.tar.offset)
@@ -136,6 +132,10 @@ class _TarBundle:
             names.add(m.name)
         problems.raise_if_any(self.what, self.label)
         self.files = {m.name: m for m in self.members if m.type in _PLAIN_FILE}
+        for m in self.files.values():
+            if m.offset_data + m.size > self.size:
+                raise self.fail(EXIT_UNREADABLE, f"tar member {m.name!r} declares {m.size} bytes, but the "
+                                                 f"archive ends at byte {self.size} (truncated)")
 
     def _read_member(self, name: str, limit: int) -> bytes | None:
         m = self.files.get(name)
