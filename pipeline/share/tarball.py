@@ -175,7 +175,8 @@ class _TarBundle:
         for name in sorted(set(listed) - set(self.files)):
             problems.add(EXIT_DAMAGED, f"{name}: listed in the manifest but missing from the bundle")
         problems.raise_if_any(self.what, self.label)
-        self.total = sum(f["size"] for f in listed.values()) + len(self.manifest_bytes)
+        self.total = sum(f["size"] for f in listed.values()) + len(self.manifest_bytes) + \
+            len(self.signature_bytes or b"")
         tmp = tempfile.gettempdir()
         try:
             free = shutil.disk_usage(tmp).free
