@@ -9,8 +9,8 @@ import pytest
 from pipeline import share
 from pipeline.share import errors, hdf5
 from tests.pipeline_helpers import reset_config
-from tests.test_share import entry_of, fresh_destination, listing, load_manifest, rehash, save_manifest
-from tests.test_share_support import built_bundles, copy_tree
+from tests.test_share_support import (built_bundles, copy_tree, entry_of, fresh_destination, listing, load_manifest,
+                                      rehash, save_manifest)
 
 
 @pytest.fixture(scope="module")

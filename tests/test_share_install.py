@@ -12,8 +12,8 @@ from pipeline import share
 from pipeline.share import errors
 from pipeline.share.files import SourceFile, UnsafeFile, WrongSize
 from tests.pipeline_helpers import reset_config
-from tests.test_share import entry_of, fresh_destination, listing, load_manifest, save_manifest, target_tasks
-from tests.test_share_support import built_bundles, copy_tree
+from tests.test_share_support import (built_bundles, copy_tree, entry_of, fresh_destination, listing, load_manifest,
+                                      save_manifest, target_tasks)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from pipeline.share import errors
 from pipeline.share.signing import NAMESPACE
 from tests.conftest import require
 from tests.pipeline_helpers import reset_config
-from tests.test_share import configure, fresh_destination, listing, target_tasks
-from tests.test_share_support import built_bundles
+from tests.test_share_support import built_bundles, configure, fresh_destination, listing, target_tasks
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,81 @@
 session, as a folder and as a .tar, and ways to craft tar files byte by byte."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import tarfile
 from pathlib import Path
 
 from pipeline import share
-from tests.pipeline_helpers import build, reset_config
-from tests.test_share import configure, target_tasks
+from tests.pipeline_helpers import build, reset_config, use_config
+
+
+CONFIG = """
+[paths]
+workdir = {workdir}
+
+[benchmark.SYN]
+device = cpu
+stills_per_class = 1
+videos_per_class = 1
+target_shards = 1
+frame_short_side = {short_side}
+flow_workers = 1
+tvl1_nscales = 1
+tvl1_warps = 1
+tvl1_outer_iterations = 1
+tvl1_inner_iterations = 5
+"""
+STAGES = "ExtractFlow,DecodeTargetVideos"
+
+
+def configure(cfg_dir: Path, workdir: Path, short_side: int = 64) -> None:
+    use_config(cfg_dir / "luigi.cfg", CONFIG.format(workdir=workdir, short_side=short_side))
+
+
+def target_tasks():
+    return share.select_tasks("SYN", STAGES, ["target"])
+
+
+def listing(folder: Path):
+    """Everything under `folder` (path, size, mtime), to show a workdir was not touched."""
+    if not folder.exists():
+        return None
+    return sorted((p.relative_to(folder).as_posix(), p.lstat().st_size, p.lstat().st_mtime_ns)
+                  for p in folder.rglob("*"))
+
+
+def fresh_destination(tmp_path: Path) -> Path:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("someone's workdir")
+    configure(tmp_path, dest)
+    return dest
+
+
+def copy_bundle(exported: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(exported / "bundle", tmp_path / "bundle"))
+
+
+def load_manifest(bundle: Path) -> dict:
+    return json.loads((bundle / share.MANIFEST).read_text())
+
+
+def save_manifest(bundle: Path, manifest: dict) -> None:
+    (bundle / share.MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def entry_of(manifest: dict, stage: str, suffix: str) -> dict:
+    folder = next(f for f in manifest["folders"] if f["stage"] == stage)
+    return next(f for f in folder["files"] if f["path"].endswith(suffix))
+
+
+def rehash(bundle: Path, entry: dict) -> None:
+    data = (bundle / entry["path"]).read_bytes()
+    entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+
 
 _BUILT: dict[str, Path] = {}
 

@@ -12,8 +12,8 @@ import pytest
 from pipeline import share
 from pipeline.share import errors, tarball
 from tests.pipeline_helpers import reset_config
-from tests.test_share import fresh_destination, listing
-from tests.test_share_support import (built_bundles, gnu_sparse_header, padded, tar_members, write_tar)
+from tests.test_share_support import (built_bundles, fresh_destination, gnu_sparse_header, listing, padded, tar_members,
+                                      write_tar)
 
 
 @pytest.fixture(scope="module")
