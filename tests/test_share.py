@@ -18,90 +18,22 @@ import pytest
 
 from data.store import StoreReader
 from pipeline import share
-from tests.pipeline_helpers import REPO, build, reset_config, use_config
-
-CONFIG = """
-[paths]
-workdir = {workdir}
-
-[benchmark.SYN]
-device = cpu
-stills_per_class = 1
-videos_per_class = 1
-target_shards = 1
-frame_short_side = {short_side}
-flow_workers = 1
-tvl1_nscales = 1
-tvl1_warps = 1
-tvl1_outer_iterations = 1
-tvl1_inner_iterations = 5
-"""
-STAGES = "ExtractFlow,DecodeTargetVideos"
-
-
-def configure(cfg_dir: Path, workdir: Path, short_side: int = 64) -> None:
-    use_config(cfg_dir / "luigi.cfg", CONFIG.format(workdir=workdir, short_side=short_side))
-
-
-def target_tasks():
-    return share.select_tasks("SYN", STAGES, ["target"])
+from pipeline.share.errors import EXIT_UNSAFE
+from tests.pipeline_helpers import REPO, build, reset_config
+from tests.test_share_support import (CONFIG, STAGES, built_bundles, configure, copy_bundle, entry_of,
+                                      fresh_destination, listing, load_manifest, rehash, save_manifest, target_tasks)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny SYN workdir with DecodeTargetVideos and ExtractFlow (target) built, and its bundle."""
-    root = tmp_path_factory.mktemp("share")
-    configure(root, root / "work")
-    try:
-        assert build(target_tasks())
-        share.export_bundle(target_tasks(), root / "bundle")
-    finally:
-        reset_config()
-    return root
+    return built_bundles(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
 def _reset_config():
     yield
     reset_config()
-
-
-def listing(folder: Path):
-    """Everything under `folder` (path, size, mtime), to show a workdir was not touched."""
-    if not folder.exists():
-        return None
-    return sorted((p.relative_to(folder).as_posix(), p.lstat().st_size, p.lstat().st_mtime_ns)
-                  for p in folder.rglob("*"))
-
-
-def fresh_destination(tmp_path: Path) -> Path:
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "notes.txt").write_text("someone's workdir")
-    configure(tmp_path, dest)
-    return dest
-
-
-def copy_bundle(exported: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(exported / "bundle", tmp_path / "bundle"))
-
-
-def load_manifest(bundle: Path) -> dict:
-    return json.loads((bundle / share.MANIFEST).read_text())
-
-
-def save_manifest(bundle: Path, manifest: dict) -> None:
-    (bundle / share.MANIFEST).write_text(json.dumps(manifest, indent=2))
-
-
-def entry_of(manifest: dict, stage: str, suffix: str) -> dict:
-    folder = next(f for f in manifest["folders"] if f["stage"] == stage)
-    return next(f for f in folder["files"] if f["path"].endswith(suffix))
-
-
-def rehash(bundle: Path, entry: dict) -> None:
-    data = (bundle / entry["path"]).read_bytes()
-    entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
 
 
 # --- the round trip --------------------------------------------------------------------------------------
@@ -383,7 +315,7 @@ def test_the_command_line_exports_verifies_and_imports(exported, tmp_path, capsy
     assert all(t.complete() for t in target_tasks())  # --workdir made the tasks look there
 
     (out / "DecodeTargetVideos" / "x.pkl").write_bytes(b"\x80\x04.")
-    assert share.main(["import", str(out), "--workdir", str(tmp_path / "other")]) == 1
+    assert share.main(["import", str(out), "--workdir", str(tmp_path / "other")]) == EXIT_UNSAFE
     err = capsys.readouterr().err
     assert "x.pkl: file type not allowed" in err and "the workdir was not changed" in err
     assert not (tmp_path / "other").exists()

@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.share.cli import main
+
+sys.exit(main())
