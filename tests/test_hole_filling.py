@@ -17,7 +17,6 @@ from data.synthesis import (
 )
 from data.video import decode_video
 from tests.conftest import require_realdata
-from tests.pipeline_helpers import build, reset_config, tiny_syn_config, use_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,6 +142,18 @@ def test_on_a_real_frame_with_our_warps_holes_it_is_not_worse_than_telea():
     assert psnr(fill_holes(cut, hole)) > psnr(inpaint_holes(cut, hole)) - 0.5
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fill_matches_cpu():
+    cases = [_random_case(seed, 64, 90, fraction) for seed, fraction in ((5, 0.08), (6, 0.4))]
+    images = torch.from_numpy(np.stack([c[0] for c in cases]))
+    holes = torch.from_numpy(np.stack([c[1] for c in cases]))
+    cpu = fill_holes_batch(images, holes)
+    gpu = fill_holes_batch(images.cuda(), holes.cuda()).cpu()
+    assert (gpu[~holes] == images[~holes]).all()
+    # float32 sums in another order may round a value on the .5 boundary the other way
+    assert (gpu.int() - cpu.int()).abs().max() <= 1 and (gpu == cpu).float().mean() > 0.99
+
+
 # --------------------------------------------------------------------------------------------- in synthesis
 
 
@@ -168,6 +179,7 @@ def test_synthesis_uses_the_chosen_filler_on_the_warped_frame():
 def test_the_stage_records_its_filler_and_the_filler_changes_the_output_key(tmp_path):
     from data.store import StoreReader
     from pipeline import SynthesizeSourceVideos
+    from tests.pipeline_helpers import build, reset_config, tiny_syn_config, use_config
 
     workdir = tmp_path / "work"
     try:
