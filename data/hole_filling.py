@@ -7,7 +7,7 @@ runs on the CPU only. This filler (push-pull, Gortler et al., "The Lumigraph", S
 1. Push: build a pyramid of mask-weighted averages. Each level is the previous one filtered by the
    binomial kernel [1, 3, 3, 1] / 8 in each axis with stride 2, colours weighted by how much of them is
    known; a coarse pixel counts as fully known once 1/8 of its kernel weight was known (`FULL_CONFIDENCE`).
-2. Pull: from the coarsest level (1 x 1) down, each level keeps its own (partly) known colour and takes the
+2. Pull: from the coarsest level needed (1 x 1 at most) down, each level keeps its own (partly) known colour and takes the
    rest from the bilinearly upsampled coarser level. Hole pixels of the full-resolution image take the
    bilinear value of level 1 ...
 3. ... except cracks: a hole with at least `CRACK_NEIGHBOURS` known 8-neighbours takes their mean.
@@ -99,7 +99,9 @@ def fill_holes_batch(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
 
     levels = [_next_level(p)]
     sizes = [(-(-height // 2), -(-width // 2))]
-    while sizes[-1] != (1, 1):
+    # Coarser levels cannot change a level that is fully known everywhere, so the push stops there (the
+    # output is the same as with the full pyramid); narrow holes need only a few levels.
+    while sizes[-1] != (1, 1) and not bool((_interior(levels[-1], *sizes[-1])[:, 3] == 1.0).all()):
         levels.append(_next_level(levels[-1]))
         sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
 

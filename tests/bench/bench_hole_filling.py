@@ -111,8 +111,12 @@ def speed_cpu(still: np.ndarray, sizes, repeats: int, frames: int) -> list[tuple
                 seconds = best_time(lambda: synthesize_video(image, inverse, frames, seed=0,
                                                              hole_filler=filler), repeats)
                 fps[filler] = frames / seconds
+            # The fillers alone, on the same video's hole masks (ms per frame).
+            holes = synthesize_video(image, inverse, frames, seed=0).holes
+            fill_ms = {name: 1000 * best_time(lambda: [fill(image, hole) for hole in holes], repeats) / frames
+                       for name, fill in (("telea", telea), ("pushpull", fill_holes))}
             rows.append((f"{height}x{width}", depth_name, fps["telea"], fps["pushpull"],
-                         fps["pushpull"] / fps["telea"]))
+                         fps["pushpull"] / fps["telea"], fill_ms["telea"], fill_ms["pushpull"]))
     return rows
 
 
@@ -178,9 +182,10 @@ def main() -> None:
     if args.device == "cpu":
         sizes = [(256, 340)] if args.quick else [(480, 640), (256, 340)]
         print(f"\nwhole-video synthesis, {frames} frames, frames/s on one CPU thread (best of {repeats})")
-        print(f"{'size':<8} {'depth':<9} {'telea':>8} {'pushpull':>9} {'speed-up':>9}")
-        for size, depth_name, f_te, f_pp, ratio in speed_cpu(still, sizes, repeats, frames):
-            print(f"{size:<8} {depth_name:<9} {f_te:>8.1f} {f_pp:>9.1f} {ratio:>8.2f}x")
+        print(f"{'size':<8} {'depth':<9} {'telea':>8} {'pushpull':>9} {'speed-up':>9}   "
+              f"{'fill alone, ms/frame: telea':>27} {'pushpull':>9}")
+        for size, depth_name, f_te, f_pp, ratio, ms_te, ms_pp in speed_cpu(still, sizes, repeats, frames):
+            print(f"{size:<8} {depth_name:<9} {f_te:>8.1f} {f_pp:>9.1f} {ratio:>8.2f}x   {ms_te:>27.1f} {ms_pp:>9.1f}")
     else:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: CUDA is not available here")
