@@ -84,9 +84,10 @@ def fill_holes_batch(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
     """
     check_hole_batch(images, holes)
     batch, height, width, _ = images.shape
-    if batch == 0 or not bool(holes.any()):
+    b, y, x = holes.nonzero(as_tuple=True)  # the hole pixels, needed at the end anyway
+    if len(b) == 0:
         return images.clone()
-    empty = holes.flatten(1).all(dim=1)
+    empty = torch.bincount(b, minlength=batch) == height * width
     if bool(empty.any()):
         raise ValueError(f"image {int(empty.nonzero()[0])} of the batch is all hole: nothing to fill it from")
 
@@ -117,7 +118,6 @@ def fill_holes_batch(images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
         filled = torch.addcmul(level[:, :3], 1.0 - level[:, 3:], up)
 
     # Full resolution, hole pixels only: bilinear from level 1, or the crack mean.
-    b, y, x = holes.nonzero(as_tuple=True)
     # Level-1 pixel j is centred on level-0 position 2j + 0.5, so level-0 pixel y sits at y / 2 - 1/4.
     values = _bilinear_at(filled.contiguous(), b, y.to(torch.float32) * 0.5 - 0.25,
                           x.to(torch.float32) * 0.5 - 0.25)
