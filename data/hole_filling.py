@@ -7,8 +7,8 @@ runs on the CPU only. This filler (push-pull, Gortler et al., "The Lumigraph", S
 1. Push: build a pyramid of mask-weighted averages. Each level is the previous one filtered by the
    binomial kernel [1, 3, 3, 1] / 8 in each axis with stride 2, colours weighted by how much of them is
    known; a coarse pixel counts as fully known once 1/8 of its kernel weight was known (`FULL_CONFIDENCE`).
-2. Pull: from the coarsest level needed (1 x 1 at most) down, each level keeps its own (partly) known colour and takes the
-   rest from the bilinearly upsampled coarser level. Hole pixels of the full-resolution image take the
+2. Pull: from the coarsest level needed (1 x 1 at most) down, each level keeps its own (partly) known
+   colour and takes the rest from the bilinearly upsampled coarser level. Hole pixels of the full-resolution image take the
    bilinear value of level 1 ...
 3. ... except cracks: a hole with at least `CRACK_NEIGHBOURS` known 8-neighbours takes their mean.
 

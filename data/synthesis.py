@@ -4,8 +4,8 @@ The paper's "realistic video generation" (Sec. 3, following Depthstillation, Ale
 the still is back-projected with its depth, a virtual camera makes a small random rigid motion, the points
 are forward-warped into the new view with a z-buffer, and the holes this leaves (disocclusions, the frame
 border) are filled: by default with our push-pull filler (`data.hole_filling`, measured against TELEA in
-docs/performance.md), or with OpenCV's TELEA as the released code does (`hole_filler="telea"`). Each frame is warped from the previous one, so 16 small
-motions make a 16-frame clip.
+docs/performance.md), or with OpenCV's TELEA as the released code does (`hole_filler="telea"`). Each
+frame is warped from the previous one, so 16 small motions make a 16-frame clip.
 
 Where we differ from the released code (`depthstillation/get_flow_from_img_datasets.py`), on purpose:
 - The z-buffer is a true minimum: the nearest point that lands on a pixel wins. The reference C warper
@@ -47,7 +47,7 @@ ROTATION_RANGE_DEG = (1.0, 2.0)
 TRANSLATION_RANGE = (0.01, 0.02)
 INPAINT_RADIUS = 3
 # How holes of the warped frames are filled: our batched torch push-pull (the default), or OpenCV's TELEA
-# (the released code's choice, CPU only, about 3x slower in whole-video synthesis).
+# (the released code's choice; CPU only, and about 3x slower than push-pull on one thread).
 HOLE_FILLERS = ("pushpull", "telea")
 DEFAULT_HOLE_FILLER = "pushpull"
 # Points closer to the camera plane than this (or behind it) are dropped instead of projected.

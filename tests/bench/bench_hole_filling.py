@@ -145,7 +145,8 @@ def speed_gpu(still: np.ndarray, repeats: int, frames: int, batch: int) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 clips, 8-frame videos, 2 repeats (< 60 s on a GPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every third clip, 8-frame videos, 2 repeats (under a minute on a GPU)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-quality", action="store_true")
@@ -188,7 +189,8 @@ def main() -> None:
         print(f"{'size':<8} {'depth':<9} {'telea':>8} {'pushpull':>9} {'speed-up':>9}   "
               f"{'fill alone, ms/frame: telea':>27} {'pushpull':>9}")
         for size, depth_name, f_te, f_pp, ratio, ms_te, ms_pp in speed_cpu(still, sizes, repeats, frames):
-            print(f"{size:<8} {depth_name:<9} {f_te:>8.1f} {f_pp:>9.1f} {ratio:>8.2f}x   {ms_te:>27.1f} {ms_pp:>9.1f}")
+            print(f"{size:<8} {depth_name:<9} {f_te:>8.1f} {f_pp:>9.1f} {ratio:>8.2f}x   "
+                  f"{ms_te:>27.1f} {ms_pp:>9.1f}")
     else:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: CUDA is not available here")
