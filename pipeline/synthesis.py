@@ -15,7 +15,9 @@ class SynthesizeSourceVideos(ShardedStage):
     """16 frames per image by default (num_frames in luigi.cfg); ground-truth flow optional."""
 
     domain = "source"
-    key_params = ("num_frames", "motion_seed", "redepth", "store_gt_flow")
+    key_params = ("num_frames", "motion_seed", "redepth", "store_gt_flow", "hole_filler")
+    # 2: holes filled by push-pull by default (was TELEA), and every item records its hole filler.
+    format_version = 2
 
     @property
     def num_frames(self) -> int:
@@ -32,6 +34,16 @@ class SynthesizeSourceVideos(ShardedStage):
     @property
     def store_gt_flow(self) -> bool:
         return benchmark_setting(self.benchmark, "store_gt_flow", False, bool)
+
+    @property
+    def hole_filler(self) -> str:
+        from data.synthesis import DEFAULT_HOLE_FILLER, check_hole_filler
+
+        name = benchmark_setting(self.benchmark, "hole_filler", DEFAULT_HOLE_FILLER)
+        try:
+            return check_hole_filler(name)
+        except ValueError as e:
+            raise ValueError(f"{e} (`hole_filler` in [benchmark.{self.benchmark}] of luigi.cfg)") from None
 
     def requires(self):
         return EstimateDepth(benchmark=self.benchmark, shard=self.shard, num_shards=self.num_shards)
@@ -58,9 +70,10 @@ class SynthesizeSourceVideos(ShardedStage):
         inverse_depth = self.depth_store.read_array(item_id, "inverse_depth").astype(np.float32)
         result = synthesize_video(still, inverse_depth, num_frames=self.num_frames,
                                   seed=item_seed(item_id, self.motion_seed), device=self.device,
-                                  redepth_fn=self.redepth_fn, return_flow=self.store_gt_flow)
+                                  redepth_fn=self.redepth_fn, return_flow=self.store_gt_flow,
+                                  hole_filler=self.hole_filler)
         arrays = {"gt_flow": result.flow.astype(np.float16)} if self.store_gt_flow else {}
         attrs = self.depth_store.item_attrs(item_id)
         writer.add(item_id, label=self.depth_store.label(item_id),
                    source_path=self.depth_store.source_path(item_id), frames=result.frames, arrays=arrays,
-                   attrs={"class_name": attrs.get("class_name", "")})
+                   attrs={"class_name": attrs.get("class_name", ""), "hole_filler": self.hole_filler})

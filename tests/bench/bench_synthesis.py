@@ -3,10 +3,11 @@
     python -m tests.bench.bench_synthesis [--frames 16] [--loop-frames 2] [--repeats 3]
 
 Both paths make the same chained video of a 256x340 frame (the first frame of a real HMDB51 clip when
-../shared/realdata is there, else a synthetic texture): warp, TELEA inpainting of the holes, depth hole
-filling. The loop path swaps `warp_forward` for `warp_forward_loop` and is timed on fewer frames in the
-same process. CPU runs use one torch/OpenCV thread. On CUDA (when available) the warp runs on the GPU and
-the inpainting stays on the CPU (OpenCV), so GPU figures are given for the whole video and the warp alone.
+../shared/realdata is there, else a synthetic texture): warp, hole filling with the default filler
+(push-pull; tests/bench/bench_hole_filling.py compares it with TELEA), depth hole filling. The loop path
+swaps `warp_forward` for `warp_forward_loop` and is timed on fewer frames in the same process. CPU runs
+use one torch/OpenCV thread. On CUDA (when available) the warp and the hole filling run on the GPU and the
+depth fill on the CPU, so GPU figures are given for the whole video and the warp alone.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from data.synthesis import (
     camera_intrinsics,
     depth_from_inverse_depth,
     fill_depth_holes,
-    inpaint_holes,
+    fill_holes,
     pixel_grid,
     sample_camera_motion,
     synthesize_video,
@@ -47,13 +48,13 @@ def _test_image() -> tuple[np.ndarray, str]:
 
 
 def _loop_video(image: np.ndarray, inverse_depth: np.ndarray, num_frames: int, seed: int) -> np.ndarray:
-    """`synthesize_video` with the per-pixel loop as the warp (same motions, inpainting and depth fill)."""
+    """`synthesize_video` with the per-pixel loop as the warp (same motions, hole filling and depth fill)."""
     K = camera_intrinsics(*inverse_depth.shape)
     rng = np.random.default_rng(seed)
     frame, depth, frames = image, depth_from_inverse_depth(inverse_depth), []
     for _ in range(num_frames):
         warped = warp_forward_loop(frame, depth, K, sample_camera_motion(rng))
-        frame = inpaint_holes(warped.image, warped.hole)
+        frame = fill_holes(warped.image, warped.hole)
         depth = fill_depth_holes(warped.depth, warped.hole)
         frames.append(frame)
     return np.stack(frames)
@@ -97,7 +98,7 @@ def main() -> None:
                        args.repeats)
     rows.append(("vectorised torch, CPU", args.frames, t_vec))
 
-    # Where the vectorised CPU time goes: the warp itself vs OpenCV's inpainting.
+    # Where the vectorised CPU time goes: the warp itself vs the hole filling.
     K = camera_intrinsics(HEIGHT, WIDTH)
     motion = sample_camera_motion(np.random.default_rng(0))
     depth = torch.from_numpy(depth_from_inverse_depth(inverse_depth))
