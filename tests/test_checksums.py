@@ -125,6 +125,29 @@ def test_a_flipped_byte_in_a_bank_snapshot_is_named_with_the_run_to_redo(tmp_pat
             "--seed 2 --local-scheduler`") in line
 
 
+def test_verify_checks_a_bundle_folder_and_does_not_repair_it(clean, tmp_path, config_text):
+    """A bundle folder (manifest.json beside the stage folders, as pipeline.share writes it) is checked the same
+    way; a damaged shard is reported for export again, and --repair leaves the bundle as it is."""
+    bundle = tmp_path / "bundle"
+    folder = _shard(clean[1], "DecodeTargetVideos", 0).parent
+    shutil.copytree(folder, bundle / folder.relative_to(clean[1]))
+    (bundle / "manifest.json").write_text("{}")
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(config_text(tmp_path / "work"))
+    ok = _verify(bundle, cfg)
+    assert ok.returncode == 0 and "2 HDF5 files of the bundle" in ok.stdout, ok.stdout
+    path = bundle / folder.relative_to(clean[1]) / "shard-0001-of-0002.h5"
+    item_id = _flip_element(path, "frames")
+    before = _state(bundle)
+    for args in ((), ("--repair",)):
+        proc = _verify(bundle, cfg, *args)
+        assert proc.returncode == 1
+        (line,) = [line for line in proc.stdout.splitlines() if line.startswith("DecodeTargetVideos/")]
+        assert line.startswith(f"{path.relative_to(bundle)}: [DecodeTargetVideos] item {item_id!r} (number 0): "
+                               "frames[1] fails the CRC-32 checksum -> the bundle is damaged: do not import it")
+    assert _state(bundle) == before
+
+
 def test_a_stage_reading_a_damaged_upstream_item_fails_instead_of_dropping_it(clean, tmp_path, config_text):
     """A damaged item of the input is not one bad item to skip: the shard would be complete without it forever.
     The stage stops, names the damaged file and item, and writes nothing."""

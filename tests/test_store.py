@@ -217,3 +217,17 @@ def test_reserved_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         with ShardWriter(tmp_path / "s.h5", stage="T", benchmark="SYN", params={}) as w:
             w.add("a", arrays={"x_crc32": np.zeros(2)})
+
+
+def test_a_check_that_crashes_hdf5_is_reported_not_fatal(tmp_path, monkeypatch):
+    """Damaged HDF5 metadata can segfault the library (seen in the byte-flip scan): the check runs in a
+    child process, and the crash becomes a problem line."""
+    import os
+    import signal
+
+    from data import store
+
+    path, *_ = _sample(tmp_path)
+    monkeypatch.setattr(store, "_file_problems", lambda f: os.kill(os.getpid(), signal.SIGSEGV))
+    assert store.check_payload(path) == ["checking it crashed the HDF5 library (signal SIGSEGV): the file's HDF5 "
+                                         "metadata is damaged"]
