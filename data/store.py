@@ -124,20 +124,25 @@ class ShardWriter:
         name = f"{len(self._ids):07d}"
         try:
             g = self._file["items"].create_group(name)
+            # Hold every new dataset until the flush below: HDF5 writes a small dataset's data when the
+            # object is closed, and a write that fails there (disk full) is lost in a destructor and leaves
+            # HDF5 in a state where the next call crashes; in flush() it raises.
+            held = []
             if enc is not None:
-                _write_vlen(g, "frames", enc)
+                held += _write_vlen(g, "frames", enc) or []
             if enc_flow is not None:
-                _write_vlen(g, "flow", enc_flow)
+                held += _write_vlen(g, "flow", enc_flow) or []
             for key, value in (arrays or {}).items():
                 if key in ("frames", "flow") or key.endswith(CRC_SUFFIX):
                     raise ValueError(f"array name {key!r} is reserved by the store ({self.path})")
-                _write_array(g, key, np.asarray(value))
+                held += _write_array(g, key, np.asarray(value))
             for key, value in (attrs or {}).items():
                 if key == ATTRS_CRC:
                     raise ValueError(f"attribute name {key!r} is reserved by the store ({self.path})")
                 g.attrs[key] = value
             g.attrs[ATTRS_CRC] = attrs_digest(g.attrs)  # of the values as stored (read back)
-            self._file.flush()  # a full disk raises here, for this item, instead of crashing at close
+            self._file.flush()
+            del held  # a full disk raises here, for this item, instead of crashing at close
         except (OSError, RuntimeError) as e:
             raise _write_error(self.path, e) from e
         except BaseException:
@@ -167,10 +172,10 @@ class ShardWriter:
                 tmp.unlink(missing_ok=True)
             return
         try:
-            _write_strings(f, "ids", self._ids)
-            _write_array(f, "labels", np.array(self._labels, dtype=np.int64))
-            _write_array(f, "num_frames", np.array(self._num_frames, dtype=np.int64))
-            _write_strings(f, "source_paths", self._sources)
+            held = (_write_strings(f, "ids", self._ids)
+                    + _write_array(f, "labels", np.array(self._labels, dtype=np.int64))
+                    + _write_array(f, "num_frames", np.array(self._num_frames, dtype=np.int64))
+                    + _write_strings(f, "source_paths", self._sources))  # until the flush (see add)
             a = f.attrs
             a["stage"], a["benchmark"] = self.stage, self.benchmark
             a["params"] = json.dumps(self.params, sort_keys=True)
@@ -182,6 +187,7 @@ class ShardWriter:
             a["item_count"] = len(self._ids)
             a[ATTRS_CRC] = attrs_digest(a, skip=_ROOT_ATTRS_UNCHECKED)
             f.flush()
+            del held
             a["complete"] = 1  # last: a file without it is never taken as finished
             f.close()
             fsync_path(tmp)
@@ -233,39 +239,48 @@ def attrs_digest(attrs, skip=(ATTRS_CRC,)) -> int:
     return crc
 
 
-def _write_vlen(group: h5py.Group, name: str, chunks: list[np.ndarray]) -> None:
+# The writers return the datasets they create (the caller holds them until it flushes the file).
+
+def _write_vlen(group: h5py.Group, name: str, chunks: list[np.ndarray]) -> list[h5py.Dataset]:
     """Encoded frames or flows, one uint8 array each, and their CRC-32s (HDF5 cannot filter vlen data)."""
     ds = group.create_dataset(name, shape=(len(chunks),), dtype=_VLEN_U8)
     for i, c in enumerate(chunks):
         ds[i] = c
-    _write_crcs(group, name, [_crc(c) for c in chunks])
+    return [ds] + _write_crcs(group, name, [_crc(c) for c in chunks])
 
 
-def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
-    group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
-    _write_crcs(group, name, [_crc(v) for v in values])
+def _write_strings(group: h5py.Group, name: str, values: list[str]) -> list[h5py.Dataset]:
+    ds = group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
+    return [ds] + _write_crcs(group, name, [_crc(v) for v in values])
 
 
-def _write_crcs(group: h5py.Group, name: str, crcs: list[int]) -> None:
-    # Contiguous, without a filter of its own: a changed CRC no longer matches its element, which is
-    # detected all the same, and a chunked dataset would cost each item about 2 KiB of chunk index.
-    group.create_dataset(name + CRC_SUFFIX, data=np.array(crcs, np.uint32))
+_COMPACT_CRCS = 8192  # CRC tables up to this length live in their object header (HDF5 allows 64 KiB there)
+
+
+def _write_crcs(group: h5py.Group, name: str, crcs: list[int]) -> list[h5py.Dataset]:
+    # Without a filter of its own: a changed CRC no longer matches its element, which is detected all the
+    # same, and a chunked dataset would cost each item about 2 KiB of chunk index. Compact (the table in the
+    # object header, written with the file's metadata) rather than contiguous: HDF5 writes a small contiguous
+    # dataset's data when the dataset is closed, where a failed write (disk full) cannot be reported.
+    dcpl = None
+    if len(crcs) <= _COMPACT_CRCS:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+    return [group.create_dataset(name + CRC_SUFFIX, data=np.array(crcs, np.uint32), dcpl=dcpl)]
 
 
 _ONE_CHUNK_BYTES = 64 * 2 ** 20  # arrays up to this size are one chunk: read whole, one checksum
 
 
-def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
+def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> list[h5py.Dataset]:
     """A fixed-size array with HDF5's Fletcher-32 filter; a scalar or a vlen (string) array, which HDF5
     cannot filter, with the CRC-32 of its elements beside it instead."""
     if value.dtype.kind == "O":
-        _write_strings(group, name, [str(v) for v in value.ravel()])
-    elif value.ndim == 0:
-        group.create_dataset(name, data=value)
-        _write_crcs(group, name, [_crc(value)])
-    else:
-        one_chunk = value.size > 0 and value.nbytes <= _ONE_CHUNK_BYTES
-        group.create_dataset(name, data=value, fletcher32=True, chunks=value.shape if one_chunk else True)
+        return _write_strings(group, name, [str(v) for v in value.ravel()])
+    if value.ndim == 0:
+        return [group.create_dataset(name, data=value)] + _write_crcs(group, name, [_crc(value)])
+    one_chunk = value.size > 0 and value.nbytes <= _ONE_CHUNK_BYTES
+    return [group.create_dataset(name, data=value, fletcher32=True, chunks=value.shape if one_chunk else True)]
 
 
 def _checked_elements(ds: h5py.Dataset, crcs) -> list[int]:
