@@ -141,8 +141,8 @@ class ShardWriter:
                     raise ValueError(f"attribute name {key!r} is reserved by the store ({self.path})")
                 g.attrs[key] = value
             g.attrs[ATTRS_CRC] = attrs_digest(g.attrs)  # of the values as stored (read back)
-            self._file.flush()
-            del held  # a full disk raises here, for this item, instead of crashing at close
+            self._file.flush()  # a full disk raises here, for this item, instead of crashing at close
+            del held
         except (OSError, RuntimeError) as e:
             raise _write_error(self.path, e) from e
         except BaseException:
