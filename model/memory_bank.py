@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data import store
 from data.atomic import atomic_write
 
 AGGREGATIONS = ("random", "mean", "simw_sum", "simw_mean_top5", "simw_sum_top5", "simw_top1", "simw_random_top5")
@@ -165,17 +166,15 @@ def _similarity_weights(sims: np.ndarray) -> np.ndarray:
 # Snapshot files (one per epoch after warm-up).
 
 def write_bank_snapshot(path, arrays: dict, attrs: dict | None = None) -> None:
-    """Write the snapshot arrays to HDF5 atomically (temporary file beside it, fsync, rename)."""
+    """Write the snapshot arrays to HDF5 atomically (temporary file beside it, fsync, rename), each with its
+    checksum as the store writes them (data.store.check_hdf5 verifies them)."""
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             for name, value in arrays.items():
-                value = np.asarray(value)
-                if value.dtype == object:
-                    f.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype("utf-8"))
-                else:
-                    f.create_dataset(name, data=value)
+                store.write_checked(f, name, value)
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
+            store.seal_attrs(f)
             f.attrs["complete"] = 1
 
     atomic_write(path, write)

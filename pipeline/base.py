@@ -31,8 +31,9 @@ def short_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-# Errors that are not a bad item (a full disk, no memory, an interrupt): the shard stops, nothing is kept.
-FATAL_ERRORS = (KeyboardInterrupt, SystemExit, MemoryError, store.StoreWriteError)
+# Errors that are not a bad item (a full disk, no memory, an interrupt, a damaged upstream file, which would
+# otherwise drop its items from this shard for good): the shard stops, nothing is kept.
+FATAL_ERRORS = (KeyboardInterrupt, SystemExit, MemoryError, store.StoreWriteError, store.DamagedItemError)
 
 
 def write_json_atomic(path: Path, obj) -> None:

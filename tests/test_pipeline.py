@@ -14,7 +14,7 @@ import pytest
 
 from data.store import StoreReader, is_complete
 from tests.conftest import manifest_frame_counts
-from tests.pipeline_helpers import build, luigi_command, real_target_tree, reset_config, use_config
+from tests.pipeline_helpers import REPO, build, luigi_command, real_target_tree, reset_config, use_config
 
 CONFIG = """
 [paths]
@@ -86,7 +86,8 @@ def test_sigkill_in_the_middle_of_a_shard_leaves_it_incomplete_and_a_rerun_compl
     task = DecodeTargetVideos(benchmark="REAL", shard=0)
     out_dir = task.output_dir()
     cmd = luigi_command("DecodeTargetVideos", "--benchmark", "REAL", "--shard", "0", config=cfg, cwd=tmp_path)
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(cfg)}
+    # PYTHONPATH: this checkout's code, not an installed copy (whose output keys may differ)
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(cfg), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out_dir.glob(".shard-*.tmp-*")):

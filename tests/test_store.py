@@ -112,3 +112,128 @@ def test_reader_survives_pickling_for_dataloader_workers(tmp_path):
     r.read_frames("a", [0])  # opens the file in this process
     clone = pickle.loads(pickle.dumps(r))
     assert clone.read_frames("a", [1]).shape == (1, 24, 32, 3)
+
+
+# --- checksums ---------------------------------------------------------------------------------------------------
+
+def _flip(src, dst, offset: int, mask: int = 0x01):
+    """A copy of `src` at `dst` with one byte changed (a new file: HDF5 caches files it has open)."""
+    data = bytearray(src.read_bytes())
+    data[offset] ^= mask
+    dst.write_bytes(data)
+    return dst
+
+
+def _offset_of(path, needle: bytes) -> int:
+    data = path.read_bytes()
+    at = data.find(needle)
+    assert at >= 0 and data.find(needle, at + 1) < 0, "the bytes occur once in the file"
+    return at
+
+
+def _sample(tmp_path):
+    path = tmp_path / "s.h5"
+    with ShardWriter(path, stage="EstimateDepth", benchmark="SYN", params={"a": 1}) as w:
+        w.add("walk/a.png", label=3, source_path="/data/w-a", frames=_video(), flow=_flow(),
+              arrays={"inverse_depth": np.linspace(0, 1, 16 * 20, dtype=np.float16).reshape(16, 20)},
+              attrs={"class_name": "class-walk", "inverse_depth_min": 0.5})
+        w.add("run/b.png", label=1, source_path="/data/r-b", frames=_video(seed=3))
+    with h5py.File(path, "r") as f:
+        frame2 = f["items/0000000/frames"][2].tobytes()
+        flow1 = f["items/0000000/flow"][1].tobytes()
+        depth_chunk = f["items/0000000/inverse_depth"].id.get_chunk_info(0)
+    return path, frame2, flow1, depth_chunk.byte_offset
+
+
+def test_an_untouched_file_passes_every_check(tmp_path):
+    from data.store import check_payload
+
+    path, *_ = _sample(tmp_path)
+    assert check_payload(path) == [] and check_payload(path, isolate=False) == []
+    r = StoreReader(path)
+    assert r.read_frames("walk/a.png").shape == (6, 24, 32, 3) and r.read_flow("walk/a.png").shape == (5, 24, 32, 2)
+    assert r.read_array("walk/a.png", "inverse_depth").shape == (16, 20)
+    assert r.item_attrs("walk/a.png") == {"class_name": "class-walk", "inverse_depth_min": 0.5}
+    with h5py.File(path, "r") as f:  # every fixed-size dataset carries HDF5's own Fletcher-32 filter
+        assert f["labels"].fletcher32 and f["num_frames"].fletcher32 and f["items/0000000/inverse_depth"].fletcher32
+        assert len(f["items/0000000/frames_crc32"]) == 6 and len(f["ids_crc32"]) == 2
+
+
+def test_a_flipped_byte_in_a_frame_is_named_on_read_and_by_check_payload(tmp_path):
+    from data.store import DamagedItemError, check_payload
+
+    path, frame2, _, _ = _sample(tmp_path)
+    bad = _flip(path, tmp_path / "bad.h5", _offset_of(path, frame2) + len(frame2) // 2)
+    r = StoreReader(bad)  # the item list is intact: the file opens
+    with pytest.raises(DamagedItemError, match=r"bad\.h5: item 'walk/a\.png' of this EstimateDepth output is "
+                                               r"damaged \(frames\[2\] fails its CRC-32 checksum\)") as info:
+        r.read_frames("walk/a.png", [0, 2])
+    assert info.value.item_id == "walk/a.png" and info.value.stage == "EstimateDepth"
+    assert r.read_frames("walk/a.png", [0, 1, 3]).shape == (3, 24, 32, 3)  # the other frames are fine
+    assert r.read_frames("run/b.png").shape == (6, 24, 32, 3)  # and so is the other item
+    assert check_payload(bad) == ["item 'walk/a.png' (number 0): frames[2] fails the CRC-32 checksum"]
+
+
+def test_flipped_bytes_in_flow_depth_attributes_and_ids_are_detected(tmp_path):
+    from data.store import DamagedItemError, check_payload
+
+    path, _, flow1, depth_at = _sample(tmp_path)
+    flow = _flip(path, tmp_path / "flow.h5", _offset_of(path, flow1) + 3)
+    with pytest.raises(DamagedItemError, match=r"item 'walk/a\.png'.*flow\[1\] fails its CRC-32"):
+        StoreReader(flow).read_flow("walk/a.png")
+    assert check_payload(flow) == ["item 'walk/a.png' (number 0): flow[1] fails the CRC-32 checksum"]
+
+    depth = _flip(path, tmp_path / "depth.h5", depth_at + 100)  # inside the Fletcher-32 protected chunk
+    with pytest.raises(DamagedItemError, match=r"item 'walk/a\.png'.*inverse_depth fails its checksum"):
+        StoreReader(depth).read_array("walk/a.png", "inverse_depth")
+    (line,) = check_payload(depth)
+    assert line.startswith("item 'walk/a.png' (number 0): inverse_depth fails its checksum")
+
+    attrs = _flip(path, tmp_path / "attrs.h5", _offset_of(path, b"class-walk") + 6)
+    with pytest.raises(DamagedItemError, match=r"item 'walk/a\.png'.*attributes fail their CRC-32"):
+        StoreReader(attrs).item_attrs("walk/a.png")
+    assert check_payload(attrs) == ["item 'walk/a.png' (number 0): its attributes fail their CRC-32 checksum"]
+
+    ids = _flip(path, tmp_path / "ids.h5", _offset_of(path, b"run/b.png") + 1)
+    with pytest.raises(DamagedItemError, match=r"ids\.h5: its item list or attributes of this EstimateDepth output "
+                                               r"is damaged \(ids\[1\] fails the CRC-32 checksum\)"):
+        StoreReader(ids)
+    assert check_payload(ids) == ["item list: ids[1] fails the CRC-32 checksum"]
+
+
+def test_a_file_of_the_format_without_checksums_is_refused(tmp_path):
+    from data.store import FORMAT_VERSION, check_payload
+
+    path, *_ = _sample(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 1
+    assert FORMAT_VERSION == 2
+    assert check_payload(path) == ["store format version 1 carries no checksums (this code writes version 2)"]
+    with pytest.raises(ValueError, match="store format version 1"):
+        StoreReader(path)
+
+
+def test_reserved_names_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="reserved"):
+        with ShardWriter(tmp_path / "s.h5", stage="T", benchmark="SYN", params={}) as w:
+            w.add("a", arrays={"x_crc32": np.zeros(2)})
+
+
+def test_a_check_that_crashes_hdf5_is_reported_not_fatal(tmp_path, monkeypatch):
+    """Damaged HDF5 metadata can segfault the library (seen in the byte-flip scan): the check runs in a
+    child process, and the crash becomes a problem line."""
+    import os
+    import signal
+
+    from data import store
+
+    path, *_ = _sample(tmp_path)
+    import faulthandler
+
+    def crash(f):
+        faulthandler.disable()  # (in the child) no crash report on the test's output
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(store, "_file_problems", crash)
+    assert store.check_payload(path) == ["checking it crashed the HDF5 library (signal SIGSEGV): the file's HDF5 "
+                                         "metadata is damaged"]
