@@ -10,6 +10,12 @@ from model.losses import (bnm_loss, classification_loss, dan_mmd_loss, local_los
                           total_loss, upsample_frame_logits)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every random tensor in these tests is drawn from a seeded generator."""
+    torch.manual_seed(0)
+
+
 def test_local_loss_is_mean_per_frame_cross_entropy_over_upsampled_frames():
     # 2 time steps -> 4 frames, linear (align_corners=False): values at t = 0, 0.25, 0.75, 1 of the way
     logits = torch.tensor([[[0.0, 2.0], [1.0, 1.0]]])  # B=1, C=2, T'=2
@@ -95,3 +101,50 @@ def test_bnm_is_negative_and_prefers_confident_diverse_predictions():
     assert bnm_loss(uniform).item() == pytest.approx(-0.5, abs=1e-6)
     assert bnm_loss(one_class).item() == pytest.approx(-2.0 / 4, abs=1e-4)  # one column of norm 2
     assert bnm_loss(torch.randn(8, 4)).item() < 0
+
+
+def _mcc_by_hand(probs_rows, temperature=2.5):
+    """MCC from its definition (Jin et al. 2020) on rows of probabilities already at temperature T, with
+    python floats: w_i = 1 + exp(-H_i) normalised to sum to B, C_jk = sum_i w_i p_ij p_ik, columns
+    normalised, loss = off-diagonal sum / C."""
+    b, c = len(probs_rows), len(probs_rows[0])
+    ent = [-sum(p * math.log(p + 1e-5) for p in row) for row in probs_rows]
+    w = [1 + math.exp(-h) for h in ent]
+    w = [b * x / sum(w) for x in w]
+    conf = [[sum(w[i] * probs_rows[i][j] * probs_rows[i][k] for i in range(b)) for k in range(c)] for j in range(c)]
+    col = [sum(conf[j][k] for j in range(c)) for k in range(c)]
+    conf = [[conf[j][k] / col[k] for k in range(c)] for j in range(c)]
+    return sum(conf[j][k] for j in range(c) for k in range(c) if j != k) / c
+
+
+def test_mcc_weights_samples_by_their_entropy():
+    # logits = T log p, so the tempered softmax gives exactly these rows: one uncertain, two confident
+    rows = [[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]
+    logits = 2.5 * torch.log(torch.tensor(rows, dtype=torch.float64))
+    expected = _mcc_by_hand(rows)
+    got = mcc_loss(logits).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    # the weights matter here: equal weights give a value off by far more than the tolerance
+    b = len(rows)
+    unweighted = [[sum(rows[i][j] * rows[i][k] for i in range(b)) for k in range(2)] for j in range(2)]
+    col = [unweighted[0][k] + unweighted[1][k] for k in range(2)]
+    unweighted_loss = (unweighted[0][1] / col[1] + unweighted[1][0] / col[0]) / 2
+    assert abs(unweighted_loss - expected) > 1e-3
+    # confident rows weigh more: the uncertain row's contribution to the off-diagonal shrinks
+    ent = [-sum(p * math.log(p + 1e-5) for p in r) for r in rows]
+    assert ent[0] > ent[2] > ent[1]
+
+
+def test_mcc_weights_carry_no_gradient():
+    logits = torch.tensor([[1.0, -0.5, 0.2], [0.3, 2.0, -1.0]], requires_grad=True)
+    mcc_loss(logits).backward()
+    # reference: the same loss with the weights computed from a detached copy
+    ref_logits = logits.detach().clone().requires_grad_()
+    probs = F.softmax(ref_logits / 2.5, dim=1)
+    p0 = probs.detach()
+    w = 1 + torch.exp((p0 * torch.log(p0 + 1e-5)).sum(1))
+    w = 2 * w / w.sum()
+    conf = (probs * w[:, None]).t() @ probs
+    conf = conf / conf.sum(0, keepdim=True)
+    ((conf.sum() - conf.trace()) / 3).backward()
+    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)

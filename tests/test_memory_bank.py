@@ -101,3 +101,79 @@ def test_simw_modes_need_features():
         bank.refresh([0, 1], [0.5, 0.5], None)
     with pytest.raises(ValueError, match="aggregation"):
         FlowMemoryBank(2, aggregation="median")
+
+
+def _fan_bank(aggregation, angles_deg, top_k=5):
+    """One class whose members 0..n-1 have unit features at the given angles; member clip i is filled with i.
+    A source feature along the x axis has cosine similarity cos(angle) with member i."""
+    a = np.deg2rad(np.asarray(angles_deg, np.float64))
+    feats = torch.tensor(np.stack([np.cos(a), np.sin(a)], 1), dtype=torch.float32)
+    n = len(a)
+    bank = FlowMemoryBank(1, capacity=n, aggregation=aggregation, top_k=top_k)
+    bank.refresh(np.zeros(n, np.int64), np.linspace(1.0, 0.5, n), feats)  # confidence order = index order
+    bank.set_flows(range(n), [torch.full(SHAPE, float(i)) for i in range(n)])
+    return bank
+
+
+# 7 members (more than top-5): similarities cos 50, cos 0, cos 70, cos 10, cos 30, cos 20, cos 40 -> the five
+# most similar are members 1, 3, 5, 4, 6 (0, 10, 20, 30, 40 degrees); 0 and 2 must be cut.
+ANGLES = [50, 0, 70, 10, 30, 20, 40]
+TOP5 = [1, 3, 5, 4, 6]
+SOURCE = torch.tensor([2.0, 0.0])
+
+
+def test_top5_modes_keep_only_the_five_most_similar_members():
+    rng = np.random.default_rng(0)
+    cos = np.cos(np.deg2rad([0, 10, 20, 30, 40]))
+    idx, w = _fan_bank("simw_mean_top5", ANGLES).weights(0, SOURCE, rng)
+    assert idx.tolist() == TOP5 and np.allclose(w, 0.2)
+    idx, w = _fan_bank("simw_sum_top5", ANGLES).weights(0, SOURCE, rng)
+    assert idx.tolist() == TOP5 and np.allclose(w, cos / cos.sum())
+    idx, w = _fan_bank("simw_top1", ANGLES).weights(0, SOURCE, rng)
+    assert idx.tolist() == [1] and w.tolist() == [1.0]
+    bank = _fan_bank("simw_random_top5", ANGLES)
+    drawn = [int(bank.weights(0, SOURCE, rng)[0][0]) for _ in range(200)]
+    assert set(drawn) == set(TOP5)
+    # retrieved clips by value: clip i holds i everywhere
+    src = torch.zeros((1,) + SHAPE)
+    mean_top5 = _fan_bank("simw_mean_top5", ANGLES).retrieve([0], src, SOURCE[None], rng)
+    assert torch.allclose(mean_top5, torch.full_like(src, sum(TOP5) / 5))
+    sum_top5 = _fan_bank("simw_sum_top5", ANGLES).retrieve([0], src, SOURCE[None], rng)
+    assert torch.allclose(sum_top5, torch.full_like(src, float((cos / cos.sum()) @ np.array(TOP5))), atol=1e-6)
+    # top_k is a parameter: 3 keeps members 1, 3, 5
+    idx, w = _fan_bank("simw_mean_top5", ANGLES, top_k=3).weights(0, SOURCE, rng)
+    assert idx.tolist() == [1, 3, 5] and np.allclose(w, 1 / 3)
+
+
+def test_similarity_weights_clip_negative_similarities_and_fall_back_to_uniform():
+    rng = np.random.default_rng(0)
+    # cos 0 = 1, cos 60 = 0.5, cos 120 = -0.5 (clipped to 0), cos 180 = -1 (clipped to 0)
+    idx, w = _fan_bank("simw_sum", [0, 60, 120, 180]).weights(0, SOURCE, rng)
+    assert idx.tolist() == [0, 1, 2, 3] and np.allclose(w, [2 / 3, 1 / 3, 0, 0])
+    # every similarity <= 0: the plain mean, so the aggregate stays on the flow scale
+    idx, w = _fan_bank("simw_sum", [100, 120, 180]).weights(0, SOURCE, rng)
+    assert np.allclose(w, 1 / 3)
+    out = _fan_bank("simw_sum", [100, 120, 180]).retrieve([0], torch.zeros((1,) + SHAPE), SOURCE[None], rng)
+    assert torch.allclose(out, torch.full((1,) + SHAPE, 1.0))
+
+
+@pytest.mark.parametrize("aggregation,expected", [("mean", (0 + 3 + 1) / 3), ("simw_top1", None)])
+def test_each_sample_gets_the_bank_of_its_own_class(aggregation, expected):
+    bank, feats = _bank(aggregation, capacity=3)
+    out = bank.retrieve(torch.tensor([1, 0, 1]), torch.zeros((3,) + SHAPE), feats[[6, 0, 2]],
+                        np.random.default_rng(0))
+    if expected is not None:  # class 1 members 6, 2, 4; class 0 members 0, 3, 1
+        assert torch.allclose(out[0], torch.full(SHAPE, (6 + 2 + 4) / 3))
+        assert torch.allclose(out[1], torch.full(SHAPE, expected))
+    else:  # a member's own feature is the most similar to itself
+        assert [float(out[b, 0, 0, 0, 0]) for b in range(3)] == [6.0, 0.0, 2.0]
+
+
+def test_bank_refresh_replaces_the_previous_members_and_flows():
+    bank, feats = _bank("mean", capacity=2)
+    bank.refresh(np.array([1, 1, 0, 0, 0, 1, 0]), np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], np.float32), feats)
+    assert bank.members[0].tolist() == [6, 4] and bank.members[1].tolist() == [5, 1]
+    assert bank.flows == {}
+    # ties in confidence: the lower target index first
+    bank.refresh(np.zeros(4, np.int64), np.full(4, 0.5, np.float32), feats[:4])
+    assert bank.members[0].tolist() == [0, 1]

@@ -37,3 +37,17 @@ def test_training_clips_are_16_consecutive_frames():
         idx = training_clip_indices(n, 16, rng)
         assert len(idx) == 16 and np.all(np.diff(idx) == 1)
     assert training_clip_indices(5, 16, rng).max() < 5
+
+
+def test_pace_sampler_clamps_the_restart_for_videos_shorter_than_the_pace():
+    # the restart frame is pace - 1 (0-based), but never past the last frame of the video
+    assert pace_indices(3, 1, 5, 6).tolist() == [1, 2, 2, 2, 2, 2]
+    assert pace_indices(4, 0, 5, 5).tolist() == [0, 3, 3, 3, 3]
+    assert pace_indices(5, 0, 5, 4).tolist() == [0, 4, 4, 4]       # pace == length: restart at the last frame
+    assert pace_indices(6, 2, 5, 5).tolist() == [2, 4, 4, 4, 4]    # 2 + 5 passes the end; restart at frame 4
+    assert pace_indices(1, 0, 3, 4).tolist() == [0, 0, 0, 0]
+    for n in range(1, 6):
+        for pace in range(1, 6):
+            for start in range(n):
+                idx = pace_indices(n, start, pace, 16)
+                assert idx.min() >= 0 and idx.max() < n, (n, pace, start)
