@@ -73,9 +73,9 @@ class ClipArchitecture:
     vocab_size: int = 49408
 
     def describe(self) -> str:
+        """Its name in CLIP_ARCHITECTURES, else its fields."""
         name = next((k for k, v in CLIP_ARCHITECTURES.items() if v == self), None)
-        fields = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
-        return f"{name} ({fields})" if name else f"a CLIP ViT with {fields}"
+        return name or "a CLIP ViT with " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
 
 
 # OpenAI's released ViTs (CLIP paper, Table 20); Table 5 uses ViT-B-32.
@@ -233,10 +233,11 @@ def load_clip(path, architecture: ClipArchitecture | str | None = DEFAULT_ARCHIT
     wrong = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state_dict.items()
              if k in own and v.shape != own[k].shape]
     not_float = [k for k, v in state_dict.items() if k in own and not torch.is_floating_point(v)]
-    if missing or unexpected or wrong or not_float:
-        raise ValueError(f"CLIP checkpoint {source}: does not fit {expected.describe()}: {len(missing)} missing "
-                         f"keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}, {len(wrong)} "
-                         f"wrong shapes {wrong[:4]}, {len(not_float)} non-float weights {not_float[:4]}")
+    problems = [f"{len(keys)} {what} {keys[:4]}" for what, keys in (
+        ("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong),
+        ("non-float weights", not_float)) if keys]
+    if problems:
+        raise ValueError(f"CLIP checkpoint {source}: does not fit {expected.describe()}: {'; '.join(problems)}")
     model.load_state_dict(state_dict)  # OpenAI's float16 weights are cast to the model's float32 here
     return model
 
