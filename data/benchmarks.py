@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -324,9 +325,27 @@ def count_mismatches(items: Sequence[Item], expected: Mapping[str, int] | None) 
     return {c: (found.get(c, 0), n) for c, n in expected.items() if found.get(c, 0) != n}
 
 
+# --- class names for text prompts ------------------------------------------------------------------------
+
+# A word boundary inside a CamelCase name: lower case or digit then upper case ("YoYo"), or the last capital
+# of an acronym before a capitalised word ("ABCWord").
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def readable_class_name(name: str) -> str:
+    """A dataset class name as lower-case words for a text prompt (the CLIP branch of Table 5):
+    ``ride_bike`` -> ``ride bike``, UCF101's ``ApplyEyeMakeup`` -> ``apply eye makeup``, ``YoYo`` -> ``yo yo``."""
+    return " ".join(_CAMEL_BOUNDARY.sub(" ", name).replace("_", " ").replace("-", " ").split()).lower()
+
+
+def prompt_class_names(benchmark: Benchmark | str) -> list[str]:
+    """The benchmark's classes in label order as readable names for text prompts."""
+    return [readable_class_name(c) for c in _as_benchmark(benchmark).classes]
+
+
 __all__ = [
     "Benchmark", "Preset", "BENCHMARKS", "E2H", "S2U", "B2U", "E2H_CLASSES", "E2H_CFB_CLASS_ORDER",
     "E2H_EAD_FROM_STANFORD40", "S2U_CANDIDATE_MAP", "UCF101_CLASSES", "STANFORD40_CLASSES",
     "register_benchmark", "get_benchmark", "benchmark_names", "with_class_order", "list_source_items",
-    "list_target_items", "count_mismatches",
+    "list_target_items", "count_mismatches", "readable_class_name", "prompt_class_names",
 ]
