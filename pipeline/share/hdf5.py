@@ -106,4 +106,8 @@ def _check_attrs(obj, where: str, out: list[str]) -> None:
 
 
 def _payload_problems(path: Path) -> list[str]:
-    return []  # payload checksums: see data.store
+    """Every item against its stored checksums (data.store.check_payload; an older store without them is
+    refused too)."""
+    from data.store import check_payload
+
+    return check_payload(path)
