@@ -6,8 +6,7 @@ source (image) dataset and the target (video) dataset, the protocol, and where a
 ``data/syn.py`` through :func:`register_benchmark`; :func:`get_benchmark` imports that module (and calls
 its ``register()``) on the first request for a name it does not know, so nothing here depends on it.
 
-Sources of the class lists are in ``/work/shared/reference/method_facts.md`` section 1 and are cited in
-each benchmark's ``source_note``:
+The source of each class list is cited in each benchmark's ``source_note``:
 
 - E2H: exact. ST-I2V (junbaoZHUO/ST-I2V @44d0f8f) ``sourcelistname_My_E.txt`` / ``targetlistname_My_H.txt``,
   13 classes in the order hug=0 ... run=12. The official CFB code numbers them alphabetically instead

@@ -3,8 +3,8 @@
 The network follows DeepMind ``kinetics-i3d`` ``i3d.py`` and its PyTorch port piergiaj/pytorch-i3d
 ``pytorch_i3d.py``: the same endpoint names, module names (``conv3d``/``bn``, ``b0`` ... ``b3b``,
 ``avg_pool``, ``dropout``, ``logits``) and TF-style "same" padding, so the published
-``rgb_imagenet.pt`` / ``flow_imagenet.pt`` checkpoints load without key surgery
-(``/work/shared/reference/i3d_state_dict_keys.json`` lists every key and shape).
+``rgb_imagenet.pt`` / ``flow_imagenet.pt`` checkpoints load without key surgery (the state_dict has the
+same names and shapes as the public PyTorch Inception-I3D; tests/test_i3d.py checks them).
 
 ``ENDPOINTS`` is the architecture. Two things are parameters of that table, not copies of the network:
 
