@@ -149,7 +149,7 @@ E2H = Benchmark(
                      "they adapt on). CycDA instead uses the official HMDB51 splits (split='train1'/'test1')."),
     verified=True,
     source_note=("Exact: ST-I2V (junbaoZHUO/ST-I2V @44d0f8f) sourcelistname_My_E.txt / targetlistname_My_H.txt, "
-                 "label order hug=0 ... run=12; 3008 EAD images, 1690 HMDB51 videos (method_facts 1.2). The "
+                 "label order hug=0 ... run=12; 3008 EAD images, 1690 HMDB51 videos. The "
                  "official CFB code orders the classes alphabetically (E2H_CFB_CLASS_ORDER)."),
     note="Class folders have the same names in EADs and HMDB51 (HMDB51 'climb' is not 'climb_stairs').",
     preset=Preset(lr=0.05, batch_size=16, epochs=60, lambda1=1.0, lambda2=0.2),
@@ -191,7 +191,7 @@ S2U = Benchmark(
                      "(and the CFB code's single target list) all videos of the 12 classes are used for both. "
                      "Use split='train1'/'test1' for an inductive protocol."),
     verified=False,
-    source_note=("UNVERIFIED candidate (method_facts 1.3): no public S2U list file exists (CycDA expects an "
+    source_note=("UNVERIFIED candidate : no public S2U list file exists (CycDA expects an "
                  "unreleased S2U/action_list.txt). Every Stanford40 action with an obvious UCF101 counterpart "
                  "(exactly 12), UCF names alphabetical; consistent with the CFB datasets_latest.py comment "
                  "'JPEGImages/brushing_teeth_008.jpg 2'. Not the 12-class UCF-HMDB_full video-DA benchmark."),
@@ -215,7 +215,7 @@ B2U = Benchmark(
                      "used for adaptation and evaluation. CycDA uses the official split (train1 / test1)."),
     verified=True,
     source_note=("The 101 UCF101 classes in ucfTrainTestlist/classInd.txt order, ids shifted to 0-based "
-                 "(CycDA utils_img_model/generate_ucf_mapping.py -> UCF_mapping.txt; method_facts 1.4). BU101 "
+                 "(CycDA utils_img_model/generate_ucf_mapping.py -> UCF_mapping.txt). BU101 "
                  "was collected with the UCF101 class names as queries, so the maps are the identity."),
     preset=Preset(lr=0.1, batch_size=32, epochs=30, lambda1=20.0, lambda2=0.001),
     paper_accuracy=81.1,

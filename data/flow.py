@@ -1,6 +1,6 @@
-"""TV-L1 optical flow for the flow stage (method step 3 in DESIGN.md).
+"""TV-L1 optical flow for the flow stage (paper Sec. 3.1: OpenCV DualTVL1, clipped to +-20).
 
-Convention (DESIGN.md, "Storage"): frames are converted to grayscale, flow t maps frame t to frame t+1
+Convention: frames are converted to grayscale, flow t maps frame t to frame t+1
 (T frames give T-1 flows), values are clipped to +-FLOW_BOUND, and where quantised they are stored as
 round((v + 20) * 255 / 40), the community convention (MMAction2 `flow_extraction.py`, denseflow `-b=20`).
 

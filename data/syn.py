@@ -3,7 +3,7 @@
 Labelled *source* stills of an articulated stick figure (with ground-truth inverse depth) and unlabelled
 *target* videos of the same kind of figure performing the action, rendered in another visual style. It
 exercises every stage of the pipeline on a CPU in minutes, needs no download and no weights, and is where
-the mechanism of the paper is checked (DESIGN.md, "Benchmarks and datasets"):
+the mechanism of the paper is checked:
 
 * In a still, the class is carried by the figure's pose (the action caught at its decisive moment,
   as a photograph shows it); for the pair ``walk``/``run`` only by a weak cue (the forward lean of the

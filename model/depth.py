@@ -1,6 +1,6 @@
-"""MiDaS v3.1 DPT depth models on current timm (method_facts.md section 5).
+"""MiDaS v3.1 DPT depth models on current timm (MiDaS v3.1 release).
 
-The paper generates its source videos with MiDaS ``dpt_beit_large_512`` (method_facts.md 2.1): every still image
+The paper generates its source videos with MiDaS ``dpt_beit_large_512`` (as its released code does): every still image
 gets a relative inverse depth map that Depthstillation turns into camera motion. The official MiDaS code only runs
 on timm 0.6.x because it monkey-patches timm's BEiT; this module rebuilds the same networks on timm >= 1.0:
 
@@ -69,7 +69,7 @@ class MidasVariant:
 
 
 MIDAS_VARIANTS: dict[str, MidasVariant] = {v.name: v for v in [
-    # The paper's depth model (method_facts.md 2.1, 5).
+    # The paper's depth model.
     MidasVariant("dpt_beit_large_512", "beit_large_patch16_512", "beit", 512, (5, 11, 17, 23),
                  (256, 512, 1024, 1024), url=_RELEASE_URL + "dpt_beit_large_512.pt"),
     MidasVariant("dpt_beit_large_384", "beit_large_patch16_384", "beit", 384, (5, 11, 17, 23),

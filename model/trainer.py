@@ -65,7 +65,7 @@ VARIANTS = {
 DA_KINDS = ("none", "dan", "mcc", "bnm")
 BANK_LABELS = ("pseudo", "shuffled", "oracle")
 
-# DESIGN.md step 8 (paper Sec. 4.1): (lr, batch, epochs, lambda1, lambda2) per benchmark; 10 warm-up
+# Paper Sec. 4.1: (lr, batch, epochs, lambda1, lambda2) per benchmark; 10 warm-up
 # epochs, N = 60, paces 1..5, 16-frame 224 px clips, 32-frame evaluation, Kinetics weights.
 _PAPER_COMMON = {"warmup_epochs": 10, "bank_size": 60, "num_paces": 5, "crop_size": 224, "clip_frames": 16,
                  "eval_frames": 32, "width_mult": 1.0, "temporal_variant": "st_i2v", "init": "pretrained"}

@@ -1,5 +1,5 @@
 """SynthesizeSourceVideos: each still becomes a short video by a random virtual camera motion through its
-back-projected depth (DESIGN.md steps 1-2)."""
+back-projected depth (paper Sec. 3.1)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Train(benchmark, variant, seed) and Evaluate: the two-stream I3D adaptation (DESIGN.md steps 4-8).
+"""Train(benchmark, variant, seed) and Evaluate: the two-stream I3D adaptation (paper Sec. 3-4).
 
 Training materialises every epoch in its output folder (checkpoint, metrics.csv, memory-bank snapshot),
 so a killed Train resumes at its last finished epoch; the task is complete when `training.json` exists.

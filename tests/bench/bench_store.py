@@ -1,4 +1,4 @@
-"""Choose the store's frame and flow encodings by measurement on the real clips (DESIGN.md "Storage").
+"""Choose the store's frame and flow encodings by measurement on the real clips.
 
 Budget at short side 256: <= 25 KB per RGB frame, <= 12 KB per flow frame, >= 500 decoded frames/s on one
 core. Flows are TV-L1 (OpenCV defaults) on a few consecutive pairs per clip.
