@@ -9,7 +9,7 @@ import pytest
 from pipeline import share
 from pipeline.share import errors, hdf5
 from tests.pipeline_helpers import reset_config
-from tests.test_share_support import (built_bundles, copy_tree, entry_of, fresh_destination, listing, load_manifest,
+from tests.test_share_support import (built_bundles, copy_tree, rejected, entry_of, fresh_destination, listing, load_manifest,
                                       rehash, save_manifest)
 
 
@@ -160,3 +160,35 @@ def test_payload_checksum_problems_reject_the_bundle(built, tmp_path, monkeypatc
     with pytest.raises(share.BundleError, match=r"shard-0000-of-0001\.h5: payload checksum mismatch") as err:
         share.import_bundle(built / "bundle")
     assert err.value.code == errors.EXIT_DAMAGED
+
+
+def _damaged_link_info(path):
+    """A file h5py wrote, with the byte that makes reading a link's info fail inside the link visit: h5py
+    turns an exception in that callback into a SystemError (found by tests/test_share_fuzz.py)."""
+    with h5py.File(path, "w") as f:
+        f.create_group("items")["0000000"] = np.arange(3)
+        f["labels"] = np.arange(3)
+    data = bytearray(path.read_bytes())
+    data[24] ^= 0x3B  # the superblock's base address
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_shard_whose_links_cannot_be_read_is_damaged_not_an_internal_error(built, tmp_path):
+    with pytest.raises(Exception) as raised:
+        hdf5.policy_problems(_damaged_link_info(tmp_path / "x.h5"))
+    assert not isinstance(raised.value, SystemError)
+
+    def damaged(f, tmp_path):
+        pass
+
+    bundle = tampered_bundle(built, tmp_path, damaged)
+    manifest = load_manifest(bundle)
+    entry = entry_of(manifest, "ExtractFlow", ".h5")
+    data = bytearray((bundle / entry["path"]).read_bytes())
+    data[24] ^= 0x3B
+    (bundle / entry["path"]).write_bytes(bytes(data))
+    rehash(bundle, entry)
+    save_manifest(bundle, manifest)
+    err = rejected(bundle, tmp_path, r"shard-0000-of-0001\.h5: not a complete HDF5 store file", errors.EXIT_DAMAGED)
+    assert "SystemError" not in str(err)

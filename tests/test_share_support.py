@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from pipeline import share
 from tests.pipeline_helpers import build, reset_config, use_config
@@ -38,6 +41,22 @@ def configure(cfg_dir: Path, workdir: Path, short_side: int = 64) -> None:
 
 def target_tasks():
     return share.select_tasks("SYN", STAGES, ["target"])
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over every entry under `folder`: path, type, mode, mtime, a file's bytes, a link's target."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames) if dirpath else []:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            h.update(f"{p.relative_to(folder).as_posix()}\0{st.st_mode}\0{st.st_mtime_ns}\0".encode())
+            if p.is_symlink():
+                h.update(os.readlink(p).encode())
+            elif p.is_file():
+                h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def listing(folder: Path):
@@ -94,6 +113,31 @@ def built_bundles(tmp_path_factory) -> Path:
             reset_config()
         _BUILT["root"] = root
     return _BUILT["root"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """built_bundles, for a test module (import it with the module's other fixtures)."""
+    return built_bundles(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def reset_after():
+    """Every test of a module that imports this fixture ends with the repository's luigi.cfg again."""
+    yield
+    reset_config()
+
+
+def rejected(bundle, tmp_path: Path, message: str, code: int | None = None, **import_args) -> share.BundleError:
+    """Import `bundle` into a fresh destination: it must fail with `message` (and `code`), the workdir as it was."""
+    dest = fresh_destination(tmp_path)
+    before = listing(dest)
+    with pytest.raises(share.BundleError, match=message) as err:
+        share.import_bundle(bundle, **import_args)
+    assert listing(dest) == before
+    if code is not None:
+        assert err.value.code == code
+    return err.value
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -53,10 +53,18 @@ def policy_problems(path: Path) -> list[str]:
     """Every way the HDF5 file at `path` departs from the policy (empty when it complies). Reads structure
     and metadata only: nothing that the policy refuses is ever followed or read."""
     out: list[str] = []
+    failed: list[BaseException] = []  # h5py turns an exception raised inside the callback into a SystemError
     with h5py.File(path, "r") as f:
         _check_attrs(f, "/", out)
 
         def visit(name: str):
+            try:
+                return _visit(name)
+            except Exception as e:  # a damaged file: stop visiting, re-raise it outside the callback
+                failed.append(e)
+                return "stop"
+
+        def _visit(name: str):
             where = f"/{name}"
             kind = f.id.links.get_info(name.encode()).type
             if kind != h5l.TYPE_HARD:
@@ -75,6 +83,8 @@ def policy_problems(path: Path) -> list[str]:
             return "stop" if len(out) >= MAX_PROBLEMS else None
 
         f.visit_links(visit)
+        if failed:
+            raise failed[0]
     return out[:MAX_PROBLEMS]
 
 
