@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from data.items import read_items, shard_slice
 from pipeline.settings import benchmark_setting, workdir
 
 STAGE_FORMAT_VERSION = 1
+# Fault injection for tests: with this variable set to N, a shard's process SIGKILLs itself as soon as N items
+# are written, a crash at a known point mid-shard (a kill timed from outside would race the writer).
+KILL_AFTER_ITEMS_ENV = "CFB_I2V_KILL_AFTER_ITEMS"
 
 
 def short_hash(obj) -> str:
@@ -202,6 +206,8 @@ class ShardedStage(Stage):
                     if not isinstance(error, BadInputError):
                         not_bad_input.append(skipped[-1])
                 bar.update(len(chunk))
+                if os.environ.get(KILL_AFTER_ITEMS_ENV) and len(writer) >= int(os.environ[KILL_AFTER_ITEMS_ENV]):
+                    os.kill(os.getpid(), signal.SIGKILL)
                 self.progress(bar.n, len(items), f"{bar.n}/{len(items)} items, {len(skipped)} skipped")
             bar.close()
             written = len(writer)

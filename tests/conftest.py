@@ -21,6 +21,15 @@ def require(path: Path, what: str = "real test data") -> Path:
     return path
 
 
+def require_cuda(what: str) -> None:
+    """Skip a GPU test where no CUDA device is present (the documented GPU skips: CI has no GPU). Anything
+    else such a test needs (triton, ...) is imported after this call, so that on a CUDA machine it fails."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip(f"GPU test, no CUDA device here: {what}")
+
+
 def require_realdata() -> Path:
     """../shared/realdata (see `require`)."""
     return require(REALDATA)

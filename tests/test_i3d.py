@@ -229,6 +229,7 @@ def test_kinetics_variant_rejects_eight_frames_clearly():
 
 @pytest.mark.parametrize("in_channels", [3, 2])
 def test_width_scaled_model_runs_on_small_crops(in_channels):
+    torch.manual_seed(0)
     model = InceptionI3d(num_classes=5, in_channels=in_channels, width_mult=0.25)
     assert model.feature_dim == 256
     logits, features = model.forward_with_features(torch.rand(1, in_channels, 16, 56, 56) * 2 - 1)
@@ -237,6 +238,7 @@ def test_width_scaled_model_runs_on_small_crops(in_channels):
 
 # ---------------------------------------------------------------- freezing
 def test_freeze_stem_stops_gradients_but_bn_statistics_still_update():
+    torch.manual_seed(0)
     model = InceptionI3d(num_classes=4, width_mult=0.125, temporal_variant="st_i2v").freeze_stem().train()
     stem = [model.Conv3d_1a_7x7, model.Conv3d_2b_1x1, model.Conv3d_2c_3x3]
     before = model.Conv3d_1a_7x7.bn.running_mean.clone()

@@ -12,8 +12,13 @@ from model.losses import (bnm_loss, classification_loss, dan_mmd_loss, local_los
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    """Every random tensor in these tests is drawn from a seeded generator."""
+    """Module initialisation (the pace head's weights) draws from the global generator: seed it."""
     torch.manual_seed(0)
+
+
+def _gen(seed: int) -> torch.Generator:
+    """Every random tensor in these tests comes from its own seeded generator (independent of test order)."""
+    return torch.Generator().manual_seed(seed)
 
 
 def test_local_loss_is_mean_per_frame_cross_entropy_over_upsampled_frames():
@@ -28,7 +33,7 @@ def test_local_loss_is_mean_per_frame_cross_entropy_over_upsampled_frames():
 
 
 def test_local_loss_bce_variant_matches_one_hot_bce():
-    logits = torch.randn(3, 4, 8)
+    logits = torch.randn(3, 4, 8, generator=_gen(1))
     labels = torch.tensor([0, 3, 1])
     target = F.one_hot(labels, 4).float()[:, :, None].expand(3, 4, 16)
     expected = F.binary_cross_entropy_with_logits(upsample_frame_logits(logits, 16), target)
@@ -57,7 +62,7 @@ def test_pace_loss_is_cross_entropy_of_pace_labels():
 
 def test_pace_head_averages_logits_over_time():
     head = VideoPaceHead(6, num_paces=5)
-    x = torch.randn(2, 6, 8)
+    x = torch.randn(2, 6, 8, generator=_gen(2))
     per_step = head.classifier(x)
     assert head(x).shape == (2, 5)
     assert torch.allclose(head(x), per_step.mean(-1))
@@ -68,7 +73,7 @@ def test_total_loss_is_eq6():
 
 
 def test_mmd_zero_for_identical_sets_and_positive_for_shifted():
-    x = torch.randn(8, 5)
+    x = torch.randn(8, 5, generator=_gen(3))
     assert dan_mmd_loss(x, x.clone()).item() == pytest.approx(0.0, abs=1e-6)
     assert dan_mmd_loss(x, x + 3.0).item() > 0.1
     # a larger shift is further away
@@ -76,8 +81,8 @@ def test_mmd_zero_for_identical_sets_and_positive_for_shifted():
 
 
 def test_mmd_has_gradient_towards_the_other_domain():
-    s = torch.randn(6, 4)
-    t = (torch.randn(6, 4) + 2).requires_grad_()
+    s = torch.randn(6, 4, generator=_gen(4))
+    t = (torch.randn(6, 4, generator=_gen(5)) + 2).requires_grad_()
     dan_mmd_loss(s, t).backward()
     assert t.grad.abs().sum() > 0
 
@@ -88,7 +93,7 @@ def test_mcc_is_zero_for_confident_distinct_classes_and_larger_when_confused():
     assert mcc_loss(confident).item() == pytest.approx(0.0, abs=1e-4)
     value = mcc_loss(confused).item()
     assert value == pytest.approx(3 / 4, rel=1e-5)  # uniform predictions: every column (1/C ... 1/C)
-    assert 0 <= mcc_loss(torch.randn(16, 4)).item() < 1
+    assert 0 <= mcc_loss(torch.randn(16, 4, generator=_gen(6))).item() < 1
 
 
 def test_bnm_is_negative_and_prefers_confident_diverse_predictions():
@@ -100,7 +105,7 @@ def test_bnm_is_negative_and_prefers_confident_diverse_predictions():
     assert bnm_loss(confident_diverse).item() == pytest.approx(-1.0, abs=1e-4)
     assert bnm_loss(uniform).item() == pytest.approx(-0.5, abs=1e-6)
     assert bnm_loss(one_class).item() == pytest.approx(-2.0 / 4, abs=1e-4)  # one column of norm 2
-    assert bnm_loss(torch.randn(8, 4)).item() < 0
+    assert bnm_loss(torch.randn(8, 4, generator=_gen(7))).item() < 0
 
 
 def _mcc_by_hand(probs_rows, temperature=2.5):

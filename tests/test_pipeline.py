@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from data.store import StoreReader, is_complete
+from pipeline.base import KILL_AFTER_ITEMS_ENV
 from tests.conftest import manifest_frame_counts
 from tests.pipeline_helpers import REPO, build, luigi_command, real_target_tree, reset_config, use_config
 
@@ -88,13 +88,11 @@ def test_sigkill_in_the_middle_of_a_shard_leaves_it_incomplete_and_a_rerun_compl
     cmd = luigi_command("DecodeTargetVideos", "--benchmark", "REAL", "--shard", "0", config=cfg, cwd=tmp_path)
     # PYTHONPATH: this checkout's code, not an installed copy (whose output keys may differ)
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(cfg), "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out_dir.glob(".shard-*.tmp-*")):
-        time.sleep(0.01)
-    time.sleep(0.3)  # let it write a few items
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # The stage kills itself (SIGKILL) right after its third item is written: mid-shard, at a known point.
+    env[KILL_AFTER_ITEMS_ENV] = "3"
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
     assert list(out_dir.glob(".shard-*.tmp-*")), "the stage was not caught while writing"
     assert not is_complete(task.shard_file()) and not task.complete()
 
