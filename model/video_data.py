@@ -66,6 +66,23 @@ def fit_short_side(x: torch.Tensor, size: int, is_flow: bool = False, resize: in
     return out.contiguous()
 
 
+def stored_window(frames: np.ndarray, top: int, left: int, size: int, mirror: bool,
+                  is_flow: bool = False) -> torch.Tensor:
+    """The ``size`` square at (top, left) of stored frames (uint8 RGB or float32 flow, T x H x W x C), mirrored
+    left-right when ``mirror``, as a C x T x S x S tensor with ``rgb_to_tensor`` / ``flow_to_tensor`` values
+    (a mirrored flow has its x component negated). The same values as converting first and then cropping
+    and flipping, since the conversion is per element; done on the window alone, in one strided copy, it
+    costs a fraction of that (the training feed's main cost after JPEG decoding)."""
+    window = torch.from_numpy(frames[:, top: top + size, left: left + size]).permute(3, 0, 1, 2)
+    out = torch.empty(window.shape, dtype=torch.float32)
+    out.copy_(window.flip(-1) if mirror else window)
+    if not is_flow:
+        return out.div_(127.5).sub_(1.0)
+    if mirror:
+        out[0].neg_()
+    return out.clamp_(-FLOW_BOUND, FLOW_BOUND).div_(FLOW_BOUND)
+
+
 def crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
     return x[..., top: top + size, left: left + size]
 
@@ -180,6 +197,46 @@ class _StoreDataset(Dataset):
         """Resized RGB and flow (or None) at ``frame_idx``."""
         return self._clip(index, frame_idx, False), (self._clip(index, frame_idx, True) if with_flow else None)
 
+    def _stored_fits(self, h: int, w: int) -> bool:
+        """Whether stored frames of h x w need no resize (``fit_short_side`` leaves them as they are)."""
+        return min(h, w) == (self.resize or max(self.crop_size, min(h, w)))
+
+    def _training_clip(self, index: int, rgb_idx: np.ndarray, flow_idx: np.ndarray | None,
+                       rng: np.random.Generator, min_scale: float, flip: bool, color: float, grayscale_p: float):
+        """RGB at ``rgb_idx`` and flow (None: none) at the flow indices of ``flow_idx``, with one random crop
+        (``random_crop``) and flip for both, then colour jitter of the RGB (``rng`` None: the centre crop, no
+        flip, no jitter, for evaluation). Plain crops of frames stored at the right size are cut out of the
+        stored frames before conversion (``stored_window``): the same values and the same draws from
+        ``rng``, for less work."""
+        frames = flows = None
+        if not self.cache and min_scale >= 1:
+            item_id, n = self.ids[index], int(self._num_frames[index])
+            frames = self.frames.read_frames(item_id, rgb_idx)
+            flows = None if flow_idx is None else self.flows.read_flow(item_id, flow_indices(flow_idx, n))
+            h, w = frames.shape[1:3]
+            size = self.crop_size
+            if self._stored_fits(h, w) and min(h, w) >= size:
+                top, left = (center_offsets(h, w, size) if rng is None else
+                             (int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))))
+                mirror = bool(flip and rng.random() < 0.5)
+                rgb = stored_window(frames, top, left, size, mirror)
+                flow = None if flows is None else stored_window(flows, top, left, size, mirror, is_flow=True)
+                return color_jitter(rgb, rng, color, grayscale_p), flow
+        if frames is None:
+            rgb = self._clip(index, rgb_idx, False)
+            flow = None if flow_idx is None else self._clip(index, flow_idx, True)
+        else:  # read already: convert and resize what was read
+            rgb = fit_short_side(rgb_to_tensor(frames), self.crop_size, False, self.resize)
+            flow = None if flows is None else fit_short_side(flow_to_tensor(flows), self.crop_size, True, self.resize)
+        if rng is None:  # evaluation: the centre crop
+            top, left = center_offsets(*rgb.shape[-2:], self.crop_size)
+            flow = None if flow is None else crop(flow, top, left, self.crop_size)
+            return crop(rgb, top, left, self.crop_size), flow
+        rgb, flow = random_crop(rgb, flow, rng, self.crop_size, min_scale)
+        if flip and rng.random() < 0.5:
+            rgb, flow = hflip_clip(rgb, flow)
+        return color_jitter(rgb, rng, color, grayscale_p), flow
+
 
 class SourceClipDataset(_StoreDataset):
     """Source training clips: ``num_frames`` consecutive frames of a synthesised source video (random start;
@@ -203,11 +260,8 @@ class SourceClipDataset(_StoreDataset):
         index = int(key) % len(self)
         rng = self._rng(key)
         idx = training_clip_indices(int(self._num_frames[index]), self.num_frames, rng)
-        rgb, flow = self._read(index, idx, self.with_flow)
-        rgb, flow = random_crop(rgb, flow, rng, self.crop_size, self.min_scale)
-        if self.flip and rng.random() < 0.5:
-            rgb, flow = hflip_clip(rgb, flow)
-        rgb = color_jitter(rgb, rng, self.color, self.grayscale_p)
+        rgb, flow = self._training_clip(index, idx, idx if self.with_flow else None, rng, self.min_scale,
+                                        self.flip, self.color, self.grayscale_p)
         item = {"rgb": rgb.contiguous(), "label": torch.tensor(self.labels[index]), "index": index}
         if flow is not None:
             item["flow"] = flow.contiguous()
@@ -239,13 +293,10 @@ class TargetPaceDataset(_StoreDataset):
         n = int(self._num_frames[index])
         pace = int(rng.integers(1, self.num_paces + 1))
         start = int(rng.integers(0, n))
-        rgb = self._clip(index, pace_indices(n, start, pace, self.num_frames), False)
-        flow = (self._clip(index, training_clip_indices(n, self.num_frames, rng), True)
-                if self.with_flow else None)
-        rgb, flow = random_crop(rgb, flow, rng, self.crop_size, self.min_scale)
-        if self.flip and rng.random() < 0.5:
-            rgb, flow = hflip_clip(rgb, flow)
-        rgb = color_jitter(rgb, rng, self.color, self.grayscale_p)
+        rgb_idx = pace_indices(n, start, pace, self.num_frames)
+        flow_idx = training_clip_indices(n, self.num_frames, rng) if self.with_flow else None
+        rgb, flow = self._training_clip(index, rgb_idx, flow_idx, rng, self.min_scale, self.flip, self.color,
+                                        self.grayscale_p)
         item = {"rgb": rgb.contiguous(), "pace_label": torch.tensor(pace - 1), "index": index}
         if flow is not None:
             item["flow"] = flow.contiguous()
@@ -273,10 +324,15 @@ class EvalClipDataset(_StoreDataset):
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
-        rgb, flow = self._read(index, self.frame_indices(index), self.with_flow)
-        item = {"rgb": self._center(rgb), "label": torch.tensor(self.labels[index]), "index": index}
+        idx = self.frame_indices(index)
+        if self.cache:
+            rgb, flow = self._read(index, idx, self.with_flow)
+            rgb, flow = self._center(rgb), (self._center(flow) if flow is not None else None)
+        else:
+            rgb, flow = self._training_clip(index, idx, idx if self.with_flow else None, None, 1.0, False, 0.0, 0.0)
+        item = {"rgb": rgb.contiguous(), "label": torch.tensor(self.labels[index]), "index": index}
         if flow is not None:
-            item["flow"] = self._center(flow)
+            item["flow"] = flow.contiguous()
         return item
 
     def bank_flow_clip(self, index: int, num_frames: int, mode: str = "subsample") -> torch.Tensor:
