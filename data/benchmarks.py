@@ -32,7 +32,7 @@ from data.items import Item
 
 @dataclass(frozen=True)
 class Preset:
-    """The paper's training hyper-parameters for one benchmark (Sec. 4.1 / DESIGN "Protocol"):
+    """The paper's training hyper-parameters for one benchmark (Sec. 4.1):
     SGD with momentum, lr x0.1 at ``lr_milestones`` (by default 1/2 and 2/3 of the epochs)."""
 
     lr: float

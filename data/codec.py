@@ -2,7 +2,7 @@
 
 RGB frames are JPEG; flows are quantised to uint8 with the community convention round((v + 20) * 255 / 40)
 and the u and v planes stacked into one grayscale image, then JPEG- or PNG-compressed. The choice and its
-measured cost per frame are in the README ("Storage"); `tests/bench/bench_store.py` reproduces the figures.
+measured cost per frame are in docs/storage.md; `tests/bench/bench_store.py` reproduces the figures.
 """
 from __future__ import annotations
 

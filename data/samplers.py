@@ -6,7 +6,7 @@ import numpy as np
 
 
 def uniform_indices(num_frames: int, n: int) -> np.ndarray:
-    """n indices spread uniformly over the whole video (inference: 32 frames, DESIGN step 7).
+    """n indices spread uniformly over the whole video (inference: 32 frames, the paper's evaluation).
 
     Segment starts of n equal segments, as np.linspace(0, num_frames, n, endpoint=False); shorter videos
     repeat frames.

@@ -1,4 +1,4 @@
-"""Evaluation on the target videos (DESIGN step 7; the paper's reported ``AccSf``).
+"""Evaluation on the target videos (the paper's protocol and its reported ``AccSf``).
 
 Each video: 32 frames uniform over the whole video, centre crop; per stream the softmax over classes of every
 per-frame logit vector, averaged over time; the two streams' averages summed (RGB only for SO_RGB); the

@@ -304,7 +304,7 @@ class TargetPaceDataset(_StoreDataset):
 
 
 class EvalClipDataset(_StoreDataset):
-    """Evaluation / pseudo-labelling clips (DESIGN step 7): ``num_frames`` (32) int64 indices uniform over the
+    """Evaluation / pseudo-labelling clips (the paper's evaluation): ``num_frames`` (32) int64 indices uniform over the
     whole video, centre crop, RGB and the flows at the same indices (clamped to the last flow).
 
     Items: ``rgb``, ``flow`` (when ``with_flow``), ``label`` (-1 when unknown), ``index``.

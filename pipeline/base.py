@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import luigi
-from tqdm import tqdm
 
 from data import store
 from data.atomic import atomic_write_text
 from data.errors import BadInputError
 from data.items import read_items, shard_slice
+from data.progress import progress_bar
 from pipeline.settings import benchmark_setting, workdir
 
 STAGE_FORMAT_VERSION = 1
@@ -196,13 +196,13 @@ class ShardedStage(Stage):
         desc = f"{self.stage_name}[{self.benchmark}] shard {self.shard + 1}/{self.n_shards}"
         with store.ShardWriter(self.shard_file(), stage=self.stage_name, benchmark=self.benchmark,
                                params=self.shard_params(), extra_attrs=self.extra_attrs()) as writer:
-            bar = tqdm(total=len(items), desc=desc, unit="item", dynamic_ncols=True)
+            bar = progress_bar(len(items), desc)
             for start in range(0, len(items), self.items_per_call):
                 chunk = items[start:start + self.items_per_call]
                 for item, error in self.process_items(chunk, writer):
                     skipped.append({"id": _item_id(item), "path": getattr(item, "path", ""),
                                     "reason": f"{type(error).__name__}: {error}"})
-                    tqdm.write(f"{desc}: skipped {_item_id(item)}: {error}")
+                    bar.write(f"{desc}: skipped {_item_id(item)}: {error}")
                     if not isinstance(error, BadInputError):
                         not_bad_input.append(skipped[-1])
                 bar.update(len(chunk))

@@ -4,7 +4,7 @@ input, run through index, decoding, depth (random MiDaS, explicitly opted in) an
 Every input is accounted for: it is either processed (its id is in the last store of its domain) or rejected
 with a message that names it (in the index report or a shard report). No good input may be lost, and the run
 itself must succeed. The figures (kinds, inputs tried, rejected, processed, lost) are printed (pytest -s) and
-quoted in the README section "Reliability".
+quoted in docs/reliability.md.
 """
 from __future__ import annotations
 
