@@ -23,8 +23,9 @@ TRAIN_OVERRIDES = {"lr": float, "batch_size": int, "epochs": int, "lambda1": flo
                    "grayscale_p": float, "min_scale": float}
 
 
-def training_config(benchmark: str, variant: str, seed: int, **extra):
-    """The full TrainConfig: preset of the benchmark, then luigi.cfg overrides, then the task's parameters."""
+def training_config(benchmark: str, variant: str, seed: int, task_overrides=None, **extra):
+    """The full TrainConfig: preset of the benchmark, then luigi.cfg overrides, then the task's parameters
+    (``task_overrides``: the `overrides` parameter of Train / Evaluate, TrainConfig field -> value)."""
     from model.trainer import make_config
 
     overrides = {}
@@ -33,8 +34,33 @@ def training_config(benchmark: str, variant: str, seed: int, **extra):
         if value is not None:
             overrides[key] = value
     overrides.update({k: v for k, v in extra.items() if v not in ("", None)})
+    overrides.update(typed_overrides(task_overrides or {}))
     preset = benchmark_setting(benchmark, "train_preset", benchmark)
     return make_config(benchmark=preset, variant=variant, seed=seed, **overrides)
+
+
+def typed_overrides(overrides) -> dict:
+    """Task overrides as TrainConfig values, typed like the field's default, so `{"lambda1": 1}` and
+    `{"lambda1": 1.0}` give the same config (and the same output key). Unknown names are a user error."""
+    import dataclasses
+
+    from model.trainer import TrainConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for key, value in dict(overrides).items():
+        if key not in fields or key in ("variant", "seed"):
+            raise ValueError(f"unknown training override {key!r}: use a TrainConfig field name other than "
+                             f"variant and seed ({', '.join(sorted(set(fields) - {'variant', 'seed'}))})")
+        default = fields[key]
+        if isinstance(default, bool) and isinstance(value, str):
+            value = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif isinstance(default, int) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        out[key] = value
+    return out
 
 
 def store_paths(tasks) -> list[str]:
@@ -128,9 +154,10 @@ class WarmUp(_TrainingRun):
     result should be the same as training it again (opt-in: `share_warmup = true`)."""
 
     seed = luigi.IntParameter(default=0)
+    overrides = luigi.DictParameter(default={}, description="training overrides that act during the warm-up")
 
     def train_config(self):
-        return training_config(self.benchmark, "SO_RGB_FLOW", self.seed)
+        return training_config(self.benchmark, "SO_RGB_FLOW", self.seed, task_overrides=self.overrides)
 
     @property
     def config(self) -> dict:
@@ -171,14 +198,19 @@ class Train(_TrainingRun):
                                   "simw_sum, simw_mean_top5, simw_sum_top5, simw_top1, simw_random_top5")
     da = luigi.Parameter(default="", description="DA add-on (Table 4): none, dan, mcc, bnm")
     lambda3 = luigi.FloatParameter(default=-1.0, description="weight of the DA add-on (-1: from the preset)")
+    overrides = luigi.DictParameter(default={}, description="TrainConfig fields to set, as JSON, e.g. "
+                                    "'{\"lambda1\": 2, \"bank_size\": 30}' (Fig. 4); part of the output key")
 
     def train_config(self):
         return training_config(self.benchmark, self.variant, self.seed, aggregation=self.aggregation, da=self.da,
-                               lambda3=None if self.lambda3 < 0 else self.lambda3)
+                               lambda3=None if self.lambda3 < 0 else self.lambda3, task_overrides=self.overrides)
 
     def warmup(self) -> WarmUp | None:
+        from model.trainer import AFTER_WARMUP_FIELDS
+
         if uses_shared_warmup(self.train_config(), self.benchmark):
-            return WarmUp(benchmark=self.benchmark, seed=self.seed)
+            return WarmUp(benchmark=self.benchmark, seed=self.seed, overrides={
+                k: v for k, v in self.overrides.items() if k not in AFTER_WARMUP_FIELDS})
         return None
 
     def requires(self):
@@ -210,6 +242,7 @@ class Evaluate(Stage):
     aggregation = luigi.Parameter(default="")
     da = luigi.Parameter(default="")
     lambda3 = luigi.FloatParameter(default=-1.0)
+    overrides = luigi.DictParameter(default={})
 
     @property
     def resources(self):
@@ -217,7 +250,7 @@ class Evaluate(Stage):
 
     def requires(self):
         return Train(benchmark=self.benchmark, variant=self.variant, seed=self.seed, aggregation=self.aggregation,
-                     da=self.da, lambda3=self.lambda3)
+                     da=self.da, lambda3=self.lambda3, overrides=self.overrides)
 
     def output(self):
         return luigi.LocalTarget(str(self.output_dir() / "metrics.json"))
