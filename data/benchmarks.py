@@ -1,4 +1,6 @@
-"""Benchmarks: class lists in label order, which dataset feeds each domain, paper presets and results.
+"""Benchmarks: class lists in label order, which dataset feeds each domain, the paper's results.
+
+The training presets live in one place, ``model.trainer.PRESETS`` (docs/presets.md).
 
 A :class:`Benchmark` is data, not code: its class list, the class map that picks each class out of the
 source (image) dataset and the target (video) dataset, the protocol, and where all of it comes from.
@@ -31,31 +33,6 @@ from data.items import Item
 
 
 @dataclass(frozen=True)
-class Preset:
-    """The paper's training hyper-parameters for one benchmark (Sec. 4.1):
-    SGD with momentum, lr x0.1 at ``lr_milestones`` (by default 1/2 and 2/3 of the epochs)."""
-
-    lr: float
-    batch_size: int
-    epochs: int
-    lambda1: float  # weight of the local (per-frame) loss L_loc
-    lambda2: float  # weight of the video-pace loss L_vc
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_gamma: float = 0.1
-    lr_milestones: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.lr_milestones:
-            object.__setattr__(self, "lr_milestones", (self.epochs // 2, (2 * self.epochs) // 3))
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        return d
-
-
-@dataclass(frozen=True)
 class Benchmark:
     """One image-to-video adaptation benchmark.
 
@@ -82,7 +59,6 @@ class Benchmark:
     target_split: str = "all"
     eval_split: str = "all"
     note: str = ""
-    preset: Preset | None = None
     paper_accuracy: float | None = None  # Table 1 of the paper, mean over 3 runs, %
     expected_source_counts: dict[str, int] | None = None  # per class, where the source lists are public
     expected_target_counts: dict[str, int] | None = None
@@ -152,7 +128,6 @@ E2H = Benchmark(
                  "label order hug=0 ... run=12; 3008 EAD images, 1690 HMDB51 videos. The "
                  "official CFB code orders the classes alphabetically (E2H_CFB_CLASS_ORDER)."),
     note="Class folders have the same names in EADs and HMDB51 (HMDB51 'climb' is not 'climb_stairs').",
-    preset=Preset(lr=0.05, batch_size=16, epochs=60, lambda1=1.0, lambda2=0.2),
     paper_accuracy=77.4,
     expected_source_counts={"hug": 209, "kick": 151, "talk": 187, "wave": 210, "push": 235, "clap": 284,
                             "kiss": 194, "climb": 295, "smoke": 241, "jump": 295, "drink": 256, "pour": 200,
@@ -198,7 +173,6 @@ S2U = Benchmark(
     note=("UNVERIFIED: the S2U class list is a reconstruction. Check it against the ST-I2V / CycDA / HiGAN "
           "papers before comparing numbers with the paper's 97.3. The paper's lr rule (x0.1 at 1/2 and 2/3 "
           "of 20 epochs) gives milestones (10, 13); the released code uses [10, 15] for S->U."),
-    preset=Preset(lr=0.015, batch_size=32, epochs=20, lambda1=1.0, lambda2=0.01),
     paper_accuracy=97.3,
 )
 
@@ -217,7 +191,6 @@ B2U = Benchmark(
     source_note=("The 101 UCF101 classes in ucfTrainTestlist/classInd.txt order, ids shifted to 0-based "
                  "(CycDA utils_img_model/generate_ucf_mapping.py -> UCF_mapping.txt). BU101 "
                  "was collected with the UCF101 class names as queries, so the maps are the identity."),
-    preset=Preset(lr=0.1, batch_size=32, epochs=30, lambda1=20.0, lambda2=0.001),
     paper_accuracy=81.1,
 )
 
@@ -343,7 +316,7 @@ def prompt_class_names(benchmark: Benchmark | str) -> list[str]:
 
 
 __all__ = [
-    "Benchmark", "Preset", "BENCHMARKS", "E2H", "S2U", "B2U", "E2H_CLASSES", "E2H_CFB_CLASS_ORDER",
+    "Benchmark", "BENCHMARKS", "E2H", "S2U", "B2U", "E2H_CLASSES", "E2H_CFB_CLASS_ORDER",
     "E2H_EAD_FROM_STANFORD40", "S2U_CANDIDATE_MAP", "UCF101_CLASSES", "STANFORD40_CLASSES",
     "register_benchmark", "get_benchmark", "benchmark_names", "with_class_order", "list_source_items",
     "list_target_items", "count_mismatches", "readable_class_name", "prompt_class_names",

@@ -38,6 +38,8 @@ def predict(rgb, flow, loader, device, keep_features: bool = True) -> dict:
     try:
         for batch in loader:
             logits, features = rgb.forward_with_features(batch["rgb"].to(device, non_blocking=True))
+            if hasattr(rgb, "video_logits"):  # CLIP (Table 5): cosine of the time-pooled frame features
+                logits = rgb.video_logits(features)[..., None]
             scores = F.softmax(logits.float(), dim=1).mean(dim=-1)
             if flow is not None:
                 scores = scores + F.softmax(flow(batch["flow"].to(device, non_blocking=True)).float(), dim=1).mean(-1)

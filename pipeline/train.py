@@ -20,7 +20,7 @@ TRAIN_OVERRIDES = {"lr": float, "batch_size": int, "epochs": int, "lambda1": flo
                    "aggregation": str, "bank_labels": str, "bank_clip": str, "da": str, "loss_kind": str,
                    "amp": bool, "num_workers": int, "crop_size": int, "width_mult": float, "eval_batch_size": int,
                    "target_through_streams": bool, "pace_during_warmup": bool, "color_jitter": float,
-                   "grayscale_p": float, "min_scale": float}
+                   "grayscale_p": float, "min_scale": float, "freeze": str, "rgb_backbone": str, "clip_lr": float}
 
 
 def training_config(benchmark: str, variant: str, seed: int, task_overrides=None, **extra):
@@ -36,7 +36,12 @@ def training_config(benchmark: str, variant: str, seed: int, task_overrides=None
     overrides.update({k: v for k, v in extra.items() if v not in ("", None)})
     overrides.update(typed_overrides(task_overrides or {}))
     preset = benchmark_setting(benchmark, "train_preset", benchmark)
-    return make_config(benchmark=preset, variant=variant, seed=seed, **overrides)
+    cfg = make_config(benchmark=preset, variant=variant, seed=seed, **overrides)
+    if cfg.rgb_backbone == "clip" and not cfg.class_names:  # CLIP's prompts name the benchmark's classes
+        from data.benchmarks import prompt_class_names
+
+        cfg = make_config(cfg, class_names=prompt_class_names(resolve_benchmark(benchmark)))
+    return cfg
 
 
 def typed_overrides(overrides) -> dict:
@@ -99,12 +104,20 @@ class _TrainingRun(Stage):
 
     def weights(self, cfg) -> dict:
         """Kinetics checkpoints from luigi.cfg; checked before any work so a missing file stops at once."""
+        found = {}
+        if cfg.rgb_backbone == "clip":  # CLIP always loads its weights (its text encoder is the classifier)
+            found["clip_weights"] = str(require_path(self.benchmark, "clip_weights",
+                                                     "CLIP ViT-B/32 weights (OpenAI's `ViT-B-32.pt`)"))
         if cfg.init == "random":
-            return {}
+            return found
         what = "Kinetics-pretrained I3D weights ({} stream, pytorch-i3d `{}`)"
-        return {"rgb_weights": str(require_path(self.benchmark, "rgb_weights", what.format("RGB", "rgb_imagenet.pt"))),
-                "flow_weights": str(require_path(self.benchmark, "flow_weights",
-                                                 what.format("flow", "flow_imagenet.pt")))}
+        if cfg.rgb_backbone == "i3d":
+            found["rgb_weights"] = str(require_path(self.benchmark, "rgb_weights",
+                                                    what.format("RGB", "rgb_imagenet.pt")))
+        if cfg.parts["use_flow"]:
+            found["flow_weights"] = str(require_path(self.benchmark, "flow_weights",
+                                                     what.format("flow", "flow_imagenet.pt")))
+        return found
 
     def run_training(self, **kwargs) -> dict:
         from model.trainer import train
@@ -200,10 +213,13 @@ class Train(_TrainingRun):
     lambda3 = luigi.FloatParameter(default=-1.0, description="weight of the DA add-on (-1: from the preset)")
     overrides = luigi.DictParameter(default={}, description="TrainConfig fields to set, as JSON, e.g. "
                                     "'{\"lambda1\": 2, \"bank_size\": 30}' (Fig. 4); part of the output key")
+    rgb_backbone = luigi.Parameter(default="", description="RGB stream: i3d or clip (Table 5; needs clip_weights "
+                                   "in luigi.cfg); empty: the preset's")
 
     def train_config(self):
         return training_config(self.benchmark, self.variant, self.seed, aggregation=self.aggregation, da=self.da,
-                               lambda3=None if self.lambda3 < 0 else self.lambda3, task_overrides=self.overrides)
+                               lambda3=None if self.lambda3 < 0 else self.lambda3, rgb_backbone=self.rgb_backbone,
+                               task_overrides=self.overrides)
 
     def warmup(self) -> WarmUp | None:
         from model.trainer import AFTER_WARMUP_FIELDS
@@ -243,6 +259,7 @@ class Evaluate(Stage):
     da = luigi.Parameter(default="")
     lambda3 = luigi.FloatParameter(default=-1.0)
     overrides = luigi.DictParameter(default={})
+    rgb_backbone = luigi.Parameter(default="")
 
     @property
     def resources(self):
@@ -250,7 +267,7 @@ class Evaluate(Stage):
 
     def requires(self):
         return Train(benchmark=self.benchmark, variant=self.variant, seed=self.seed, aggregation=self.aggregation,
-                     da=self.da, lambda3=self.lambda3, overrides=self.overrides)
+                     da=self.da, lambda3=self.lambda3, overrides=self.overrides, rgb_backbone=self.rgb_backbone)
 
     def output(self):
         return luigi.LocalTarget(str(self.output_dir() / "metrics.json"))
